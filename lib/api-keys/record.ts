@@ -1,0 +1,20 @@
+import type { ApiKeyRecord } from '../types'
+
+/** The shape the contract requires of a record: an object with a string `id` and a boolean `active`. */
+export function isApiKeyRecord (value: unknown): value is ApiKeyRecord {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false
+  const record = value as Record<string, unknown>
+  return typeof record.id === 'string' &&
+    typeof record.active === 'boolean' &&
+    (record.expiresAt === undefined || (typeof record.expiresAt === 'number' && !Number.isNaN(record.expiresAt)))
+}
+
+export type RejectReason = 'unknown' | 'inactive' | 'expired'
+
+/** Why a record (or its absence) is refused, or undefined when it is valid now. */
+export function rejectReason (record: ApiKeyRecord | undefined, now: number): RejectReason | undefined {
+  if (record === undefined) return 'unknown'
+  if (!record.active) return 'inactive'
+  if (record.expiresAt !== undefined && record.expiresAt <= now) return 'expired'
+  return undefined
+}

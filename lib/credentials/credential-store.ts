@@ -1,0 +1,136 @@
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import {
+  CredentialsDeserializeError, CredentialsLockLostError, CredentialsLockTimeoutError, CredentialsSerializeError,
+  InvalidOptionError
+} from '../errors'
+import type { CredentialByteStore } from './byte-store'
+import type { KeyedMutex } from './keyed-mutex'
+import type { CredentialSerializer, SerializerContext } from './serializer'
+
+export interface UpdateOptions {
+  /** How long a holder keeps the key if it dies; its save is refused after that. Default 10000. */
+  lockTtlMs?: number
+  /** How long to wait for the key before failing with FST_CREDENTIALS_LOCK_TIMEOUT. Default 5000. */
+  waitMs?: number
+}
+
+export interface CredentialStoreSettings<T> {
+  bytes: CredentialByteStore
+  mutex: KeyedMutex
+  keyPrefix: string
+  key: string
+  serializer: CredentialSerializer<T>
+  ttlSeconds: number | undefined
+}
+
+const RETRY_MIN_MS = 5
+const RETRY_MAX_MS = 100
+
+/** Credentials under one key, shared by every process on the backend. */
+export class CredentialStore<T = unknown> {
+  private readonly settings: CredentialStoreSettings<T>
+  private readonly ctx: SerializerContext
+  private readonly ttlMs: number | undefined
+
+  constructor (settings: CredentialStoreSettings<T>) {
+    this.settings = settings
+    this.ctx = Object.freeze({ key: settings.keyPrefix + settings.key })
+    this.ttlMs = settings.ttlSeconds === undefined ? undefined : Math.max(1, Math.floor(settings.ttlSeconds * 1000))
+  }
+
+  get backend (): 'memory' | 'redis' {
+    return this.settings.bytes.backend
+  }
+
+  /** The full storage key. */
+  get key (): string {
+    return this.ctx.key
+  }
+
+  /** Undefined when absent or expired; FST_CREDENTIALS_DESERIALIZE, bytes untouched, when unreadable. */
+  async load (): Promise<T | undefined> {
+    const raw = await this.settings.bytes.get(this.ctx.key)
+    if (raw === undefined) return undefined
+    try {
+      return await this.settings.serializer.deserialize(raw, this.ctx)
+    } catch (cause) {
+      const err = new CredentialsDeserializeError(this.ctx.key)
+      err.cause = cause
+      throw err
+    }
+  }
+
+  async save (value: T): Promise<void> {
+    const bytes = await this.encode(value)
+    await this.settings.bytes.set(this.ctx.key, bytes, this.ttlMs)
+  }
+
+  async clear (): Promise<void> {
+    await this.settings.bytes.delete(this.ctx.key)
+  }
+
+  /** Another key on the same backend, with the same serializer and TTL. */
+  scope (key: string): CredentialStore<T> {
+    if (typeof key !== 'string' || key.length === 0) throw new InvalidOptionError('scope', 'must be a non-empty string')
+    return new CredentialStore({ ...this.settings, key })
+  }
+
+  /**
+   * Runs `fn` on the latest saved value and saves its result, exclusively across every process
+   * sharing the backend. Nothing is written when `fn` or `serialize` throws, when the key cannot
+   * be had within `waitMs`, or when this holder's lock expired before the save.
+   */
+  async update (fn: (current: T | undefined) => T | Promise<T>, options: UpdateOptions = {}): Promise<T> {
+    const lockTtlMs = options.lockTtlMs ?? 10_000
+    const waitMs = options.waitMs ?? 5_000
+    if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'must be a function')
+    if (!(lockTtlMs > 0) || !Number.isFinite(lockTtlMs)) throw new InvalidOptionError('lockTtlMs', 'must be a positive number')
+    if (!(waitMs >= 0) || !Number.isFinite(waitMs)) throw new InvalidOptionError('waitMs', 'must be zero or more')
+
+    const { bytes, mutex } = this.settings
+    const key = this.ctx.key
+    const deadline = performance.now() + waitMs
+    const timeout = (): Error => new CredentialsLockTimeoutError(key, waitMs)
+    const release = await mutex.acquire(key, waitMs, lockTtlMs, timeout)
+    try {
+      const token = randomBytes(16).toString('hex')
+      const lockMs = Math.max(1, Math.floor(lockTtlMs))
+      let delay = RETRY_MIN_MS
+      while (!(await bytes.tryLock(key, token, lockMs))) {
+        const left = deadline - performance.now()
+        if (left <= 0) throw timeout()
+        // Jitter keeps waiters in several processes from retrying in lockstep.
+        await sleep(Math.min(left, delay * (0.5 + Math.random())))
+        delay = Math.min(RETRY_MAX_MS, delay * 2)
+      }
+      let saved = false
+      try {
+        const next = await fn(await this.load())
+        if (!(await bytes.saveAndUnlock(key, token, await this.encode(next), this.ttlMs))) {
+          throw new CredentialsLockLostError(key)
+        }
+        saved = true
+        return next
+      } finally {
+        if (!saved) await bytes.unlock(key, token).catch(() => {})
+      }
+    } finally {
+      release()
+    }
+  }
+
+  private async encode (value: T): Promise<Buffer> {
+    let raw: unknown
+    try {
+      raw = await this.settings.serializer.serialize(value, this.ctx)
+    } catch (cause) {
+      const err = new CredentialsSerializeError(this.ctx.key)
+      err.cause = cause
+      throw err
+    }
+    if (typeof raw === 'string') return Buffer.from(raw, 'utf8')
+    if (Buffer.isBuffer(raw)) return raw
+    throw new CredentialsSerializeError(this.ctx.key)
+  }
+}

@@ -1,0 +1,51 @@
+import type { FastifyReply } from 'fastify'
+import type { ApiKeyCache } from './api-key-cache/api-key-cache'
+import type { CredentialStore } from './credentials/credential-store'
+import { plugin } from './plugin'
+import type { ApiKeyRecord, Credential } from './types'
+
+/**
+ * Declare your own record and credential types once, by declaration merging:
+ *
+ *     declare module 'fastify-auth-cache' {
+ *       interface FastifyAuthCacheTypes {
+ *         apiKeyRecord: { id: string, active: boolean, expiresAt?: number, scopes: string[] }
+ *         credential: { accessToken: string, refreshToken: string, expiresAt: number }
+ *       }
+ *     }
+ */
+export interface FastifyAuthCacheTypes {}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    apiKeyCache: ApiKeyCache
+    /** The hook's check as an async handler, for a route's own `onRequest` or @fastify/auth. */
+    verifyApiKey: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    credentialStore: CredentialStore<Credential>
+  }
+  interface FastifyRequest {
+    /** The authenticated key's record; null on routes with `config: { apiKey: false }`. */
+    apiKey: ApiKeyRecord
+  }
+  interface FastifyContextConfig {
+    /** `false` opts the route out of API-key authentication. */
+    apiKey?: boolean
+  }
+}
+
+export { plugin as fastifyAuthCache, plugin as default }
+export { hashApiKey } from './api-keys/hash'
+export { generateApiKey, isWellFormedApiKey, type GeneratedApiKey } from './api-keys/key-format'
+export { jsonSerializer, type CredentialSerializer, type SerializerContext } from './credentials/serializer'
+export { encryptedSerializer, type EncryptionKeys } from './credentials/encrypted-serializer'
+export type { ApiKeyCache, ApiKeyCacheStats, ApiKeyLookup } from './api-key-cache/api-key-cache'
+export type { CredentialStore, UpdateOptions } from './credentials/credential-store'
+export type { FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions } from './options'
+export type { RedisClient } from './redis/client'
+export type { ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential } from './types'
+export * as errors from './errors'
+
+// CommonJS consumers expect `require('fastify-auth-cache')` to be the plugin itself, with the
+// helpers as its properties (as every fastify plugin does); ESM consumers get the same object
+// as the default export and the helpers as named exports.
+module.exports = Object.assign(plugin, module.exports)

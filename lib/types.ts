@@ -1,0 +1,18 @@
+import type { FastifyAuthCacheTypes } from './index'
+
+/** What `lookup` answers for a known key. Any other JSON properties are kept as they are. */
+export interface BaseApiKeyRecord {
+  id: string
+  active: boolean
+  /** Epoch milliseconds after which the key is refused. */
+  expiresAt?: number
+  [property: string]: unknown
+}
+
+/** The record type, as the user declared it through `FastifyAuthCacheTypes['apiKeyRecord']`. */
+export type ApiKeyRecord = FastifyAuthCacheTypes extends { apiKeyRecord: infer R extends BaseApiKeyRecord } ? R : BaseApiKeyRecord
+
+/** The credential type, as the user declared it through `FastifyAuthCacheTypes['credential']`. */
+export type Credential = FastifyAuthCacheTypes extends { credential: infer C } ? C : unknown
+
+export type BackendName = 'memory' | 'redis' | 'tiered'

@@ -1,0 +1,105 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Redis from 'ioredis'
+
+/** A port the kernel just handed out on loopback, free at the time of asking. */
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+/**
+ * A private redis-server on a free loopback port, so each test file can stop, stall, restart
+ * or empty it without touching anyone else's Redis.
+ */
+export class RedisServer {
+  port = 0
+  private process: ChildProcess | undefined
+  private readonly dir = mkdtempSync(join(tmpdir(), 'fastify-auth-cache-redis-'))
+  private readonly extraArgs: string[]
+
+  constructor (extraArgs: string[] = []) {
+    this.extraArgs = extraArgs
+  }
+
+  get url (): string {
+    return `redis://127.0.0.1:${this.port}`
+  }
+
+  async start (): Promise<this> {
+    if (this.port === 0) this.port = await freePort()
+    const child = spawn('redis-server', [
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--dir', this.dir, '--protected-mode', 'no', ...this.extraArgs
+    ], { stdio: ['ignore', 'pipe', 'pipe'] })
+    this.process = child
+    let output = ''
+    child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    const spawnError = once(child, 'error').then(([err]) => { throw err })
+    spawnError.catch(() => {})
+    const deadline = Date.now() + 10_000
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null) break
+      if (await this.ping()) return this
+      await Promise.race([sleep(50), spawnError])
+    }
+    child.kill('SIGKILL')
+    throw new Error(`Could not start redis-server on 127.0.0.1:${this.port} (is redis-server installed and on PATH?): ${output.trim()}`)
+  }
+
+  private async ping (): Promise<boolean> {
+    const probe = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null })
+    probe.on('error', () => {})
+    try {
+      await probe.connect()
+      return (await probe.ping()) === 'PONG'
+    } catch {
+      return false
+    } finally {
+      probe.disconnect()
+    }
+  }
+
+  /** Kills the server at once, as a crash would. */
+  async stop (): Promise<void> {
+    const child = this.process
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
+    const exited = once(child, 'exit')
+    child.kill('SIGKILL')
+    await exited
+    this.process = undefined
+  }
+
+  /** A restart on the same port: empty, since nothing is saved. */
+  async restart (): Promise<void> {
+    await this.stop()
+    await this.start()
+  }
+
+  /** A client for the test itself to look at and change what is stored. */
+  client (options: Record<string, unknown> = {}): Redis {
+    const client = new Redis({ port: this.port, host: '127.0.0.1', maxRetriesPerRequest: 1, ...options })
+    client.on('error', () => {})
+    return client
+  }
+
+  async destroy (): Promise<void> {
+    await this.stop()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+export async function startRedis (extraArgs: string[] = []): Promise<RedisServer> {
+  return await new RedisServer(extraArgs).start()
+}
