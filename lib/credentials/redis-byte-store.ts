@@ -1,4 +1,4 @@
-import { defineScript, type RedisClient } from '../redis/client'
+import { clientKeyPrefix, defineScript, type RedisClient } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { RELEASE_LOCK, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
 import type { CredentialByteStore } from './byte-store'
@@ -15,6 +15,11 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   constructor (private readonly client: RedisClient, private readonly guard: RedisGuard) {
     defineScript(client, RELEASE, 1, RELEASE_LOCK)
     defineScript(client, SAVE, 2, SAVE_AND_RELEASE)
+  }
+
+  /** The hash tag holds the client's keyPrefix, which ioredis prepends to both keys, so they share a slot. */
+  private lockKey (key: string): string {
+    return slotSibling(clientKeyPrefix(this.client) + key, ':lock')
   }
 
   private call<T> (operation: () => Promise<T>): Promise<T> {
@@ -36,16 +41,16 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async tryLock (key: string, token: string, ttlMs: number): Promise<boolean> {
-    const reply = await this.call(() => this.client.set(slotSibling(key, ':lock'), token, 'PX', ttlMs, 'NX'))
+    const reply = await this.call(() => this.client.set(this.lockKey(key), token, 'PX', ttlMs, 'NX'))
     return reply === 'OK'
   }
 
   async saveAndUnlock (key: string, token: string, bytes: Buffer, ttlMs: number | undefined): Promise<boolean> {
-    const reply = await this.call(() => this.client[SAVE](key, slotSibling(key, ':lock'), token, bytes, ttlMs ?? 0))
+    const reply = await this.call(() => this.client[SAVE](key, this.lockKey(key), token, bytes, ttlMs ?? 0))
     return reply === 1
   }
 
   async unlock (key: string, token: string): Promise<void> {
-    await this.call(() => this.client[RELEASE](slotSibling(key, ':lock'), token))
+    await this.call(() => this.client[RELEASE](this.lockKey(key), token))
   }
 }

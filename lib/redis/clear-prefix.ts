@@ -14,15 +14,18 @@ export function escapeGlob (text: string): string {
 export async function clearPrefix (client: RedisClient, prefix: string): Promise<number> {
   const nodes = isCluster(client) ? client.nodes!('master') : [client]
   let removed = 0
-  for (const node of nodes) removed += await clearNode(node, prefix, isCluster(client))
+  // A keyPrefix set on a Cluster itself, not in its redisOptions, is not passed to its node
+  // connections: the keys to match carry the prefix of the client we were given.
+  const stored = clientKeyPrefix(client) + prefix
+  for (const node of nodes) removed += await clearNode(node, stored, isCluster(client))
   return removed
 }
 
-async function clearNode (node: RedisClient, prefix: string, oneKeyPerCommand: boolean): Promise<number> {
+async function clearNode (node: RedisClient, stored: string, oneKeyPerCommand: boolean): Promise<number> {
   // SCAN ignores the client's own keyPrefix, and the keys it returns already carry it,
-  // while UNLINK will add it again: match with it, then strip it.
+  // while UNLINK will add the node's again: match the stored form, then strip the node's.
   const clientPrefix = clientKeyPrefix(node)
-  const pattern = escapeGlob(clientPrefix + prefix) + '*'
+  const pattern = escapeGlob(stored) + '*'
   let cursor = '0'
   let removed = 0
   do {

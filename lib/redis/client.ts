@@ -7,13 +7,16 @@ export interface RedisClient {
   options?: { keyPrefix?: string, redisOptions?: { keyPrefix?: string } }
   get (key: string): Promise<string | null>
   getBuffer (key: string): Promise<Buffer | null>
-  set (key: string, value: string | Buffer, ...args: Array<string | number>): Promise<unknown>
+  // unknown[]: ioredis' overloads end in an optional callback (and SCAN TYPE takes a Buffer), which
+  // a narrower rest type would reject, so an ioredis client would not type-check as a RedisClient.
+  set (key: string, value: string | Buffer, ...args: unknown[]): Promise<unknown>
   del (...keys: string[]): Promise<number>
   unlink (...keys: string[]): Promise<number>
-  scan (cursor: string | number, ...args: Array<string | number>): Promise<[string, string[]]>
+  scan (cursor: string | number, ...args: unknown[]): Promise<[string, string[]]>
   publish (channel: string, message: string): Promise<number>
   defineCommand (name: string, definition: { numberOfKeys: number, lua: string }): void
-  duplicate (override?: Record<string, unknown>): RedisClient
+  /** Redis takes (options), Cluster (startupNodes, options). */
+  duplicate (...args: unknown[]): RedisClient
   on (event: string, listener: (...args: any[]) => void): unknown
   removeListener (event: string, listener: (...args: any[]) => void): unknown
   subscribe (...channels: string[]): Promise<unknown>

@@ -4,9 +4,17 @@
  * Redis Cluster too.
  */
 
-/** KEYS: record, generation. Returns the stored bytes, their TTL in ms, and the generation. */
+/**
+ * KEYS: record, generation. ARGV: largest value worth returning, in bytes.
+ * Returns the stored bytes, their TTL in ms, and the generation.
+ * A key of another type under our name is junk like any other: a miss (not an error that would
+ * put Redis in backoff) that the next fill overwrites. So is a value too large to be ours: it is
+ * not shipped to the client, where reading it on every request could outlast redisTimeoutMs.
+ */
 export const READ_RECORD = `
-local value = redis.call('GET', KEYS[1])
+local okLength, length = pcall(redis.call, 'STRLEN', KEYS[1])
+local value = false
+if okLength and length <= tonumber(ARGV[1]) then value = redis.call('GET', KEYS[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
 local ok, generation = pcall(redis.call, 'GET', KEYS[2])
 if not ok then generation = false end
