@@ -138,7 +138,8 @@ export class InvalidationBus {
     this.subscriber.removeListener('end', this.onDisconnect)
     this.subscriber.removeListener('ready', this.onReady)
     try {
-      await this.subscriber.quit()
+      // While Redis is unreachable, QUIT waits behind the queued SUBSCRIBE for ever: bound it.
+      await this.options.guard.bounded(() => this.subscriber.quit(), 1000)
     } catch {
       this.subscriber.disconnect()
     }

@@ -2,7 +2,7 @@ import sjson from 'secure-json-parse'
 import type { FastifyBaseLogger } from 'fastify'
 import { isApiKeyRecord } from '../api-keys/record'
 import { clearPrefix } from '../redis/clear-prefix'
-import { defineScript, type RedisClient } from '../redis/client'
+import { clientKeyPrefix, defineScript, type RedisClient } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { DELETE_RECORD, FILL_RECORD, READ_RECORD, slotSibling } from '../redis/scripts'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type StoreRead } from './store'
@@ -23,7 +23,7 @@ const READ = 'fastifyAuthCacheRead'
 const FILL = 'fastifyAuthCacheFill'
 const DELETE = 'fastifyAuthCacheDelete'
 
-interface FillToken { generation: string, startedAt: number }
+interface FillToken { generation: string, epoch: number, startedAt: number }
 
 export interface RedisStoreRead extends StoreRead {
   /** Remaining TTL of the stored entry, in ms. */
@@ -66,6 +66,10 @@ export class RedisApiKeyStore implements ApiKeyStore {
   private readonly guard: RedisGuard
   private readonly channel: string
   private readonly instanceId: string
+  private readonly tagPrefix: string
+  // Bumped by this process's delete and clear: a clear cannot bump the generation of every key
+  // in Redis, so at least the fills in flight in this process are refused.
+  private epoch = 0
 
   constructor (options: RedisStoreOptions) {
     this.client = options.client
@@ -73,6 +77,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.guard = options.guard
     this.channel = options.channel ?? ''
     this.instanceId = options.instanceId ?? ''
+    this.tagPrefix = clientKeyPrefix(this.client)
     defineScript(this.client, READ, 2, READ_RECORD)
     defineScript(this.client, FILL, 2, FILL_RECORD)
     defineScript(this.client, DELETE, 2, DELETE_RECORD)
@@ -80,23 +85,25 @@ export class RedisApiKeyStore implements ApiKeyStore {
 
   private keys (keyHash: string): [string, string] {
     const key = this.prefix + keyHash
-    return [key, slotSibling(key, ':gen', this.prefix)]
+    // ioredis prepends the client's keyPrefix to both keys; the hash tag must hold it too, or a
+    // Cluster puts the two keys in different slots and every script fails with CROSSSLOT.
+    return [key, slotSibling(this.tagPrefix + key, ':gen', this.prefix)]
   }
 
   async read (keyHash: string): Promise<RedisStoreRead> {
     const [key, generationKey] = this.keys(keyHash)
     const startedAt = performance.now()
     const [raw, ttl, generation] = await this.guard.run<[string | null, number, string | null]>(
-      () => this.client[READ](key, generationKey))
+      () => this.client[READ](key, generationKey, MAX_VALUE_LENGTH))
     const answer = decodeAnswer(raw)
-    const token: FillToken = { generation: generation ?? '', startedAt }
+    const token: FillToken = { generation: generation ?? '', epoch: this.epoch, startedAt }
     return { answer, token, ttlMs: answer === undefined ? 0 : Number(ttl) }
   }
 
   /** Resolves true when written, false when refused because the key was invalidated meanwhile. */
   async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean> {
-    const { generation, startedAt } = token as FillToken
-    if (performance.now() - startedAt > MAX_FILL_AGE_MS) return false
+    const { generation, epoch, startedAt } = token as FillToken
+    if (epoch !== this.epoch || performance.now() - startedAt > MAX_FILL_AGE_MS) return false
     const [key, generationKey] = this.keys(keyHash)
     const value = encodeAnswer(answer)
     const written = await this.guard.run(
@@ -111,12 +118,19 @@ export class RedisApiKeyStore implements ApiKeyStore {
 
   async delete (keyHash: string): Promise<void> {
     const [key, generationKey] = this.keys(keyHash)
+    this.epoch++
     await this.guard.bounded(() => this.client[DELETE](
       key, generationKey, GENERATION_TTL_MS, this.channel, `d:${this.instanceId}:${keyHash}`), OFF_PATH_TIMEOUT_MS)
   }
 
   async clear (): Promise<void> {
-    await clearPrefix(this.client, this.prefix)
+    this.epoch++
+    try {
+      await clearPrefix(this.client, this.prefix)
+    } finally {
+      // Reads that started while SCAN was under way may have seen entries it then removed.
+      this.epoch++
+    }
     if (this.channel !== '') {
       await this.guard.bounded(() => this.client.publish(this.channel, `c:${this.instanceId}`), OFF_PATH_TIMEOUT_MS)
     }

@@ -50,6 +50,9 @@ export class TieredApiKeyStore implements ApiKeyStore {
 
   async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean> {
     const { generation, shared } = token as TieredToken
+    // L1's generation moved: a delete, clear or loss of the bus happened since the read. A clear
+    // does not bump the key's generation in Redis, so the L2 check alone would accept the answer.
+    if (this.local.generation !== generation) return false
     // Refused in L2 means deleted meanwhile: then L1 must not have it either.
     const written = await this.shared.fill(keyHash, answer, ttlMs, shared)
     if (written) this.copyToLocal(keyHash, answer, ttlMs, generation)
