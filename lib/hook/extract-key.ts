@@ -1,8 +1,8 @@
 import type { FastifyRequest } from 'fastify'
 
 export const MAX_KEY_LENGTH = 1024
-// C0 controls and DEL; a key holding them is junk or an injection attempt.
-const CONTROL = /[\u0000-\u001f\u007f]/ // eslint-disable-line no-control-regex
+// Unicode's control characters (C0, DEL and C1); a key holding them is junk or an injection attempt.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/ // eslint-disable-line no-control-regex
 const BEARER = /^bearer$/i
 const SPACES = /^ +| +$/g
 
@@ -23,6 +23,9 @@ export function extractKey (request: FastifyRequest, header: string): ExtractedK
   let value = request.headers[header]
   if (value === undefined) return MISSING
   if (typeof value !== 'string') return value.length === 0 ? MISSING : MALFORMED
+  // Node keeps only the first Authorization and joins repeated custom headers with ', ', so a
+  // repeat is only visible in rawHeaders; a proxy may have read another copy than we would.
+  if (isRepeated(request.raw.rawHeaders, header)) return MALFORMED
   if (header === 'authorization') {
     const space = value.indexOf(' ')
     if (space === -1 || !BEARER.test(value.slice(0, space))) return MISSING
@@ -33,4 +36,14 @@ export function extractKey (request: FastifyRequest, header: string): ExtractedK
   if (value.length === 0) return MISSING
   if (value.length > MAX_KEY_LENGTH || CONTROL.test(value)) return MALFORMED
   return { kind: 'key', key: value }
+}
+
+function isRepeated (rawHeaders: string[] | undefined, header: string): boolean {
+  if (rawHeaders === undefined) return false
+  let seen = 0
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]
+    if (name.length === header.length && name.toLowerCase() === header && ++seen > 1) return true
+  }
+  return false
 }
