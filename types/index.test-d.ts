@@ -1,0 +1,80 @@
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import { expectAssignable, expectError, expectType } from 'tsd'
+import fastifyAuthCache, {
+  encryptedSerializer, fastifyAuthCache as named, generateApiKey, hashApiKey, isWellFormedApiKey, jsonSerializer,
+  type ApiKeyCacheStats, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey
+} from '..'
+
+// The user's own types, declared once by declaration merging.
+declare module '..' {
+  interface FastifyAuthCacheTypes {
+    apiKeyRecord: { id: string, active: boolean, expiresAt?: number, scopes: string[] }
+    credential: { accessToken: string, refreshToken: string }
+  }
+}
+
+expectType<typeof fastifyAuthCache>(named)
+expectType<string>(hashApiKey('key'))
+expectType<GeneratedApiKey>(generateApiKey({ prefix: 'live' }))
+expectType<boolean>(isWellFormedApiKey('live_x', 'live'))
+expectAssignable<CredentialSerializer<any>>(jsonSerializer)
+expectAssignable<CredentialSerializer<{ a: number }>>(encryptedSerializer<{ a: number }>({ keys: { k1: Buffer.alloc(32) }, current: 'k1' }))
+
+const app = Fastify()
+app.register(fastifyAuthCache, {
+  backend: 'tiered',
+  redis: 'cache',
+  strict: true,
+  redisTimeoutMs: 50,
+  apiKeys: {
+    lookup: async (keyHash, request) => {
+      expectType<string>(keyHash)
+      expectType<FastifyRequest>(request)
+      return { id: 'a', active: true, scopes: ['read'] }
+    },
+    header: 'authorization',
+    ttlSeconds: 60,
+    negativeTtlSeconds: 5,
+    keyPrefix: 'apikey:',
+    max: 1000,
+    hook: true,
+    realm: 'api',
+    format: { prefix: 'live' }
+  },
+  credentials: { key: 'oauth', keyPrefix: 'credentials:', ttlSeconds: 3600, backend: 'redis' }
+})
+expectError(app.register(fastifyAuthCache, { backend: 'sqlite' }))
+expectError(app.register(fastifyAuthCache, { apiKeys: { lookup: 'not a function' } }))
+expectAssignable<FastifyAuthCacheOptions>({})
+
+app.get('/me', { config: { apiKey: true } }, async (request) => {
+  // No casts: the record carries the user's own fields.
+  expectType<string[]>(request.apiKey.scopes)
+  expectType<string>(request.apiKey.id)
+  return request.apiKey.id
+})
+app.get('/health', { config: { apiKey: false } }, async () => 'ok')
+
+app.after(async () => {
+  expectType<'memory' | 'redis' | 'tiered'>(app.apiKeyCache.backend)
+  expectType<string>(app.apiKeyCache.hash('key'))
+  const record = await app.apiKeyCache.get('hash')
+  if (record !== undefined) expectType<string[]>(record.scopes)
+  await app.apiKeyCache.set('hash', { id: 'a', active: true, scopes: [] }, 60)
+  expectError(app.apiKeyCache.set('hash', { id: 'a', active: true }, 60))
+  await app.apiKeyCache.delete('hash')
+  await app.apiKeyCache.clear()
+  expectType<ApiKeyCacheStats>(app.apiKeyCache.stats())
+  expectType<number>(app.apiKeyCache.stats().invalidations)
+
+  expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.verifyApiKey)
+
+  const token = await app.credentialStore.load()
+  expectType<{ accessToken: string, refreshToken: string } | undefined>(token)
+  await app.credentialStore.save({ accessToken: 'a', refreshToken: 'r' })
+  expectError(app.credentialStore.save({ accessToken: 'a' }))
+  const next = await app.credentialStore.update((current) => ({ accessToken: 'b', refreshToken: current?.refreshToken ?? 'r' }), { lockTtlMs: 1000, waitMs: 500 })
+  expectType<string>(next.accessToken)
+  expectType<'memory' | 'redis'>(app.credentialStore.scope('other').backend)
+  await app.credentialStore.clear()
+})
