@@ -1,0 +1,88 @@
+import fastifyRedis from '@fastify/redis'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+// A user writes `from 'fastify-auth-cache'`. That name resolves to dist/ under tsx after a build,
+// but not for the type check (moduleResolution node10 has no package self-reference), and the
+// tests would then run stale compiled code; the sources are the same package.
+import fastifyAuthCache, { type BackendName } from '../lib'
+import { KeyTable, type CreatedKey } from './key-table'
+
+export const KEY_PREFIX = 'demo'
+
+export interface ExampleAppOptions {
+  /** Default: 'redis' when `redisUrl` is set, else 'memory'. */
+  backend?: BackendName
+  /** Registers @fastify/redis with this url, for the redis and tiered backends. */
+  redisUrl?: string
+  logger?: FastifyServerOptions['logger']
+  /** Apps given one table behave as processes sharing one database of keys. */
+  keys?: KeyTable
+}
+
+export interface ExampleApp {
+  app: FastifyInstance
+  keys: KeyTable
+  /** Seeded at start so that the routes can be tried at once. */
+  demoKey: CreatedKey
+}
+
+const keyView = {
+  type: 'object',
+  properties: { id: { type: 'string' }, name: { type: 'string' } },
+  required: ['id', 'name']
+} as const
+
+export async function buildExampleApp (options: ExampleAppOptions = {}): Promise<ExampleApp> {
+  const keys = options.keys ?? new KeyTable(KEY_PREFIX)
+  const demoKey = keys.create('demo')
+  const app = Fastify({ logger: options.logger ?? false })
+
+  if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
+  await app.register(fastifyAuthCache, {
+    backend: options.backend ?? (options.redisUrl !== undefined ? 'redis' : 'memory'),
+    apiKeys: {
+      lookup: (keyHash) => keys.find(keyHash) ?? null,
+      // Junk and mistyped keys are refused before they cost a cache access or a lookup.
+      format: { prefix: KEY_PREFIX }
+    }
+  })
+
+  app.get('/health', { config: { apiKey: false } }, async () => ({ status: 'ok' }))
+
+  // The response schema is an allow-list: nothing else of the record reaches the client.
+  app.get('/whoami', { schema: { response: { 200: keyView } } }, async (request) => request.apiKey)
+
+  app.post<{ Body: { name: string } }>('/keys', {
+    schema: {
+      body: {
+        type: 'object',
+        properties: { name: { type: 'string', minLength: 1, maxLength: 100 } },
+        required: ['name'],
+        additionalProperties: false
+      },
+      response: {
+        201: {
+          type: 'object',
+          properties: { ...keyView.properties, key: { type: 'string' } },
+          required: ['id', 'name', 'key']
+        }
+      }
+    }
+  }, async (request, reply) => {
+    const created = keys.create(request.body.name)
+    request.log.info({ keyId: created.id, by: request.apiKey.id }, 'API key created')
+    return reply.code(201).send(created)
+  })
+
+  app.delete<{ Params: { id: string } }>('/keys/:id', async (request, reply) => {
+    const hash = keys.revoke(request.params.id)
+    if (hash === undefined) return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'No such key' })
+    // The table first: a lookup racing with this delete must already read the revoked row.
+    await app.apiKeyCache.delete(hash)
+    request.log.info({ keyId: request.params.id, by: request.apiKey.id }, 'API key revoked')
+    return reply.code(204).send()
+  })
+
+  app.get('/stats', async () => ({ backend: app.apiKeyCache.backend, ...app.apiKeyCache.stats() }))
+
+  return { app, keys, demoKey }
+}

@@ -1,0 +1,60 @@
+import { randomBytes } from 'node:crypto'
+import { generateApiKey, type BaseApiKeyRecord } from '../lib'
+
+export interface StoredKey extends BaseApiKeyRecord {
+  id: string
+  name: string
+  active: boolean
+  createdAt: number
+}
+
+export interface CreatedKey {
+  id: string
+  name: string
+  /** The plaintext: handed to the caller once and kept nowhere. */
+  key: string
+}
+
+/**
+ * Stands in for the application's database of API keys. Rows are found by the key's hash, the
+ * only form in which a key is stored; ids exist so that a key can be revoked without its plaintext.
+ */
+export class KeyTable {
+  private readonly byHash = new Map<string, StoredKey>()
+  private readonly hashById = new Map<string, string>()
+  private readonly prefix: string
+
+  constructor (prefix: string) {
+    this.prefix = prefix
+  }
+
+  create (name: string): CreatedKey {
+    const { key, hash } = generateApiKey({ prefix: this.prefix })
+    const id = `key_${randomBytes(8).toString('hex')}`
+    this.byHash.set(hash, { id, name, active: true, createdAt: Date.now() })
+    this.hashById.set(id, hash)
+    return { id, name, key }
+  }
+
+  /**
+   * A copy, as a database would return: the cache must not see a later revocation through a
+   * shared object, or the example would hide a missing `apiKeyCache.delete`.
+   */
+  find (hash: string): StoredKey | undefined {
+    const row = this.byHash.get(hash)
+    return row === undefined ? undefined : { ...row }
+  }
+
+  /** Marks the key revoked; answers its hash, for the cache, or undefined for an unknown id. */
+  revoke (id: string): string | undefined {
+    const hash = this.hashById.get(id)
+    if (hash === undefined) return undefined
+    this.byHash.get(hash)!.active = false
+    return hash
+  }
+
+  /** Every stored row with its hash, for inspection. */
+  rows (): Array<StoredKey & { hash: string }> {
+    return [...this.byHash].map(([hash, row]) => ({ ...row, hash }))
+  }
+}

@@ -1,0 +1,56 @@
+import type { AddressInfo } from 'node:net'
+import { buildExampleApp } from './app'
+import type { CreatedKey } from './key-table'
+import type { BackendName } from '../lib'
+
+const host = process.env.HOST ?? '127.0.0.1'
+const port = Number(process.env.PORT ?? 3000)
+const redisUrl = process.env.REDIS_URL === '' ? undefined : process.env.REDIS_URL
+
+/** A URL curl can reach: a wildcard listen address is reached through loopback. */
+function baseUrl (address: AddressInfo): string {
+  const wildcard = address.address === '0.0.0.0' || address.address === '::'
+  const reachable = wildcard ? '127.0.0.1' : address.address
+  return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${address.port}`
+}
+
+function curlLines (base: string, demo: CreatedKey): string[] {
+  const auth = `-H 'x-api-key: ${demo.key}'`
+  return [
+    '# open route',
+    `curl -i ${base}/health`,
+    '# without a key: 401',
+    `curl -i ${base}/whoami`,
+    '# with the demo key: 200',
+    `curl -i ${auth} ${base}/whoami`,
+    '# create a key (its plaintext is shown once)',
+    `curl -i -X POST ${auth} -H 'content-type: application/json' -d '{"name":"my-client"}' ${base}/keys`,
+    '# cache counters',
+    `curl -s ${auth} ${base}/stats`,
+    '# revoke a key by id; this one is the demo key, so /whoami with it answers 401 right after',
+    `curl -i -X DELETE ${auth} ${base}/keys/${demo.id}`
+  ]
+}
+
+async function main (): Promise<void> {
+  const { app, demoKey } = await buildExampleApp({
+    redisUrl,
+    backend: redisUrl !== undefined ? (process.env.BACKEND as BackendName | undefined) : undefined,
+    logger: { level: 'info' }
+  })
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      app.close().then(() => process.exit(0), () => process.exit(1))
+    })
+  }
+  await app.listen({ host, port })
+  // Printed for the person at the terminal, never through the logger: log lines get shipped
+  // and kept, and this key is a throwaway made for this run only.
+  const base = baseUrl(app.server.address() as AddressInfo)
+  process.stdout.write(`\nfastify-auth-cache example, backend "${app.apiKeyCache.backend}". Try:\n\n${curlLines(base, demoKey).join('\n')}\n\n`)
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exit(1)
+})
