@@ -1,25 +1,16 @@
 import assert from 'node:assert/strict'
-import { after, before, describe, test, type TestContext } from 'node:test'
+import { after, describe, test, type TestContext } from 'node:test'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import type Redis from 'ioredis'
 import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
 
 const BACKENDS = ['memory', 'redis', 'tiered'] as const
 type Backend = typeof BACKENDS[number]
 
-let server: RedisServer
-let admin: Redis
+const redis = usePrivateRedis()
 
-before(async () => {
-  server = await startRedis()
-  admin = server.client()
-})
-
-after(async () => {
-  admin?.disconnect()
-  await server?.destroy()
+after(() => {
   failIfHeldOpen('hook.test.ts')
 })
 
@@ -70,7 +61,7 @@ async function build (t: TestContext, backend: Backend, apiKeys: ApiKeysOptions 
   const keys = new KeyDirectory()
   const keyPrefix = `hook-${++apps}:`
   const app = Fastify()
-  const client = backend === 'memory' ? undefined : server.client()
+  const client = backend === 'memory' ? undefined : redis.server.client()
   t.after(async () => {
     await app.close()
     client?.disconnect()
@@ -113,7 +104,7 @@ function assertError (res: LightMyRequestResponse, statusCode: number, code: str
 
 /** Calls that read or write the cache in Redis; heartbeats and connection setup are not among them. */
 async function redisCacheCommands (): Promise<number> {
-  const info = await admin.info('commandstats')
+  const info = await redis.admin.info('commandstats')
   let calls = 0
   for (const match of info.matchAll(/^cmdstat_(evalsha|eval|get|set|pttl|del|unlink):calls=(\d+)/gm)) {
     calls += Number(match[2])
@@ -266,7 +257,7 @@ for (const backend of BACKENDS) {
           assertError(res, 503, 'FST_API_KEY_LOOKUP_FAILED')
           assert.equal(keys.callsFor(key), attempt, `${name}: every request must ask lookup again`)
         }
-        if (backend !== 'memory') assert.equal(await admin.exists(keyPrefix + hashApiKey(key)), 0, name)
+        if (backend !== 'memory') assert.equal(await redis.admin.exists(keyPrefix + hashApiKey(key)), 0, name)
         // Neither a record nor "unknown" was remembered: once lookup answers, the key works.
         keys.answer(key, () => ACTIVE(name))
         const res = await get(app, { 'x-api-key': key })

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict'
-import { after, before, describe, test, type TestContext } from 'node:test'
+import { after, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
-import type Redis from 'ioredis'
 import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord } from '../lib'
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
 
 // The contract's bound is redisTimeoutMs on each Redis call; a request may make a few of them
 // and the machine is loaded, so each request is held to ten times that.
@@ -14,17 +13,9 @@ const REDIS_TIMEOUT_MS = 100
 const REQUEST_BOUND_MS = 1000
 const RECOVERY_DEADLINE_MS = 15_000
 
-let server: RedisServer
-let admin: Redis
+const redis = usePrivateRedis()
 
-before(async () => {
-  server = await startRedis()
-  admin = server.client()
-})
-
-after(async () => {
-  admin?.disconnect()
-  await server?.destroy()
+after(() => {
   failIfHeldOpen('redis-faults.test.ts')
 })
 
@@ -43,7 +34,7 @@ let apps = 0
 async function build (t: TestContext, backend: 'redis' | 'tiered'): Promise<Harness> {
   const log = new CapturedLog()
   // ioredis' default retries and offline queue: a call made while Redis is away waits, possibly for ever.
-  const client = server.client({ maxRetriesPerRequest: 20 })
+  const client = redis.server.client({ maxRetriesPerRequest: 20 })
   // Connected before the app starts, so that the faults below are the only ones.
   assert.equal(await client.ping(), 'PONG')
   const app = Fastify({ logger: { level: 'info', stream: log.stream } })
@@ -163,8 +154,8 @@ for (const backend of ['redis', 'tiered'] as const) {
       const errorsBefore = h.app.apiKeyCache.stats().backendErrors
 
       // Whatever happens below, the next test gets a running Redis.
-      t.after(() => server.restart())
-      await server.stop()
+      t.after(() => redis.server.restart())
+      await redis.server.stop()
       const sequential = await keepAuthenticating(h, 'Redis stopped', 1500)
       const sent = sequential + BURST
       const unknown = await h.app.inject({ url: '/', headers: { 'x-api-key': generateApiKey({ prefix: 'fault' }).key } })
@@ -177,10 +168,10 @@ for (const backend of ['redis', 'tiered'] as const) {
       assert.ok(h.lookups() - lookupsBefore >= sequential - 5, `${h.lookups() - lookupsBefore} lookups for ${sequential} requests one at a time`)
       assertWarnedOnce(h, sent)
 
-      await server.restart()
+      await redis.server.restart()
       const recoveredIn = await assertRecovers(h, 'Redis restarted')
       t.diagnostic(`recovered ${Math.round(recoveredIn)} ms after the restart`)
-      if (backend === 'redis') assert.equal(await admin.exists(h.keyPrefix + hashApiKey(h.key)), 1, 'the cache is filled again')
+      if (backend === 'redis') assert.equal(await redis.admin.exists(h.keyPrefix + hashApiKey(h.key)), 1, 'the cache is filled again')
       assertWarnedOnce(h, sent)
     })
 
@@ -190,7 +181,7 @@ for (const backend of ['redis', 'tiered'] as const) {
       const errorsBefore = h.app.apiKeyCache.stats().backendErrors
 
       const pausedAt = performance.now()
-      assert.equal(await admin.call('CLIENT', 'PAUSE', '3000', 'ALL'), 'OK')
+      assert.equal(await redis.admin.call('CLIENT', 'PAUSE', '3000', 'ALL'), 'OK')
       const sent = await keepAuthenticating(h, 'Redis stalled', 2500) + BURST
       assert.ok(h.app.apiKeyCache.stats().backendErrors > errorsBefore, 'the stall is counted in backendErrors')
       assertWarnedOnce(h, sent)

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { after, before, describe, test, type TestContext } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import type { FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
 import { hashApiKey } from '../lib'
@@ -7,29 +7,18 @@ import {
   buildApp, call, deferred, KeySource, newKey, newPrefix, record, until,
   type ApiKeyCacheContractFixture, type AppSettings
 } from './helpers/api-key-cache-contract'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
 
-let server: RedisServer
-let inspect: Redis
-
-before(async () => {
-  server = await startRedis()
-  inspect = server.client()
-})
-
-after(async () => {
-  inspect?.disconnect()
-  await server?.destroy()
-})
+const redis = usePrivateRedis()
 
 const options = { timeout: 30_000 }
 
-/** Every key on the (single node) server under `prefix`; the glob characters of our prefixes are none. */
+/** Every key on the (single node) redis.server under `prefix`; the glob characters of our prefixes are none. */
 async function keysUnder (prefix: string): Promise<string[]> {
   const found: string[] = []
   let cursor = '0'
   do {
-    const [next, keys] = await inspect.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+    const [next, keys] = await redis.admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
     cursor = next
     found.push(...keys)
   } while (cursor !== '0')
@@ -53,22 +42,22 @@ type Junk = [name: string, write: (key: string) => Promise<unknown>]
 
 const TWO_MB = 'x'.repeat(2 * 1024 * 1024)
 const JUNK: Junk[] = [
-  ['not JSON', (key) => inspect.set(key, 'not json {', 'PX', 60_000)],
-  ['a record with a number id', (key) => inspect.set(key, '{"id":1}', 'PX', 60_000)],
-  ['a record with a string "active"', (key) => inspect.set(key, '{"id":"x","active":"true"}', 'PX', 60_000)],
-  ['a record without id', (key) => inspect.set(key, '{"active":true}', 'PX', 60_000)],
-  ['active only through __proto__', (key) => inspect.set(key, '{"id":"x","__proto__":{"active":true}}', 'PX', 60_000)],
-  ['JSON null', (key) => inspect.set(key, 'null', 'PX', 60_000)],
-  ['a JSON array', (key) => inspect.set(key, '[{"id":"x","active":true}]', 'PX', 60_000)],
-  ['a 2 MB string', (key) => inspect.set(key, TWO_MB, 'PX', 60_000)],
-  ['a Redis hash', (key) => inspect.hset(key, 'id', 'x', 'active', 'true')]
+  ['not JSON', (key) => redis.admin.set(key, 'not json {', 'PX', 60_000)],
+  ['a record with a number id', (key) => redis.admin.set(key, '{"id":1}', 'PX', 60_000)],
+  ['a record with a string "active"', (key) => redis.admin.set(key, '{"id":"x","active":"true"}', 'PX', 60_000)],
+  ['a record without id', (key) => redis.admin.set(key, '{"active":true}', 'PX', 60_000)],
+  ['active only through __proto__', (key) => redis.admin.set(key, '{"id":"x","__proto__":{"active":true}}', 'PX', 60_000)],
+  ['JSON null', (key) => redis.admin.set(key, 'null', 'PX', 60_000)],
+  ['a JSON array', (key) => redis.admin.set(key, '[{"id":"x","active":true}]', 'PX', 60_000)],
+  ['a 2 MB string', (key) => redis.admin.set(key, TWO_MB, 'PX', 60_000)],
+  ['a Redis hash', (key) => redis.admin.hset(key, 'id', 'x', 'active', 'true')]
 ]
 
 for (const backend of ['redis', 'tiered'] as const) {
   const fixture: ApiKeyCacheContractFixture = {
     backend,
-    createClient: () => server.client({ maxRetriesPerRequest: 3 }),
-    inspect: () => inspect
+    createClient: () => redis.server.client({ maxRetriesPerRequest: 3 }),
+    inspect: () => redis.admin
   }
 
   describe(`Redis layout and robustness: ${backend}`, () => {
@@ -83,21 +72,21 @@ for (const backend of ['redis', 'tiered'] as const) {
       assert.equal((await call(app, key)).status, 200)
 
       assert.deepEqual((await keysUnder(keyPrefix)).filter((k) => k.includes(keyHash)), [keyPrefix + keyHash])
-      assert.equal(await inspect.type(keyPrefix + keyHash), 'string')
-      const raw = (await inspect.get(keyPrefix + keyHash))!
+      assert.equal(await redis.admin.type(keyPrefix + keyHash), 'string')
+      const raw = (await redis.admin.get(keyPrefix + keyHash))!
       assert.deepEqual(JSON.parse(raw), stored)
       assert.doesNotMatch(raw, /\s/)
       assert.equal(raw, JSON.stringify(JSON.parse(raw)))
-      const pttl = await inspect.pttl(keyPrefix + keyHash)
+      const pttl = await redis.admin.pttl(keyPrefix + keyHash)
       assert.ok(pttl > 0 && pttl <= 30_000, `PTTL ${pttl}`)
 
       for (const ttlSeconds of [7, 0.25]) {
         const setHash = hashApiKey(newKey())
         const setRecord = record(`set-${ttlSeconds}`, { n: ttlSeconds })
         await app.apiKeyCache.set(setHash, setRecord, ttlSeconds)
-        const setRaw = (await inspect.get(keyPrefix + setHash))!
+        const setRaw = (await redis.admin.get(keyPrefix + setHash))!
         assert.equal(setRaw, JSON.stringify(setRecord))
-        const setPttl = await inspect.pttl(keyPrefix + setHash)
+        const setPttl = await redis.admin.pttl(keyPrefix + setHash)
         assert.ok(setPttl > 0 && setPttl <= ttlSeconds * 1000, `PTTL ${setPttl} for ttlSeconds ${ttlSeconds}`)
       }
     })
@@ -113,7 +102,7 @@ for (const backend of ['redis', 'tiered'] as const) {
       source.answer(hashApiKey(expiring), record('soon', { expiresAt: Date.now() + 1500 }))
       for (const key of [longLived, expiring, unknown]) await call(app, key)
 
-      const pttl = async (key: string): Promise<number> => await inspect.pttl(keyPrefix + hashApiKey(key))
+      const pttl = async (key: string): Promise<number> => await redis.admin.pttl(keyPrefix + hashApiKey(key))
       const [ttlCapped, expiryCapped, negative] = [await pttl(longLived), await pttl(expiring), await pttl(unknown)]
       assert.ok(ttlCapped > 0 && ttlCapped <= 2000, `PTTL ${ttlCapped}`)
       assert.ok(expiryCapped > 0 && expiryCapped <= 1500, `PTTL ${expiryCapped}`)
@@ -134,8 +123,8 @@ for (const backend of ['redis', 'tiered'] as const) {
         assert.equal(reply.status, 200, name)
         assert.equal(reply.body.id, answer.id, name)
         assert.equal(source.calls(validHash), 1, name)
-        assert.equal(await inspect.type(keyPrefix + validHash), 'string', name)
-        assert.ok(await inspect.get(keyPrefix + validHash) === JSON.stringify(answer), `${name}: replaced by the next fill`)
+        assert.equal(await redis.admin.type(keyPrefix + validHash), 'string', name)
+        assert.ok(await redis.admin.get(keyPrefix + validHash) === JSON.stringify(answer), `${name}: replaced by the next fill`)
         // Now a real cache entry: no further lookup.
         assert.equal((await call(app, valid)).status, 200, name)
         assert.equal(source.calls(validHash), 1, name)
@@ -147,8 +136,8 @@ for (const backend of ['redis', 'tiered'] as const) {
         assert.equal(refused.status, 401, name)
         assert.equal(refused.code, 'FST_API_KEY_INVALID', name)
         assert.equal(source.calls(unknownHash), 1, name)
-        assert.equal(await inspect.type(keyPrefix + unknownHash), 'string', name)
-        assert.ok((await inspect.strlen(keyPrefix + unknownHash)) < 1000, `${name}: replaced by the next fill`)
+        assert.equal(await redis.admin.type(keyPrefix + unknownHash), 'string', name)
+        assert.ok((await redis.admin.strlen(keyPrefix + unknownHash)) < 1000, `${name}: replaced by the next fill`)
         assert.equal((await call(app, unknown)).status, 401, name)
         assert.equal(source.calls(unknownHash), 1, name)
       }
@@ -162,7 +151,7 @@ for (const backend of ['redis', 'tiered'] as const) {
       const clientPrefix = newPrefix('tenant')
       const keyPrefix = newPrefix('ak')
       const source = new KeySource()
-      const [app] = await appsOnClient(t, fixture, server.client({ keyPrefix: clientPrefix, maxRetriesPerRequest: 3 }),
+      const [app] = await appsOnClient(t, fixture, redis.server.client({ keyPrefix: clientPrefix, maxRetriesPerRequest: 3 }),
         { source, apiKeys: { keyPrefix } })
 
       const keys = [newKey(), newKey(), newKey()]
@@ -173,7 +162,7 @@ for (const backend of ['redis', 'tiered'] as const) {
       const setHash = hashApiKey(newKey())
       await app.apiKeyCache.set(setHash, record('set'), 60)
       const ours = [...keys.map(hashApiKey), setHash].map((keyHash) => clientPrefix + keyPrefix + keyHash)
-      for (const key of ours) assert.equal(await inspect.exists(key), 1, `written under the client prefix: ${key}`)
+      for (const key of ours) assert.equal(await redis.admin.exists(key), 1, `written under the client prefix: ${key}`)
 
       const foreign = [
         `${clientPrefix}other:1`, // the same client, another prefix
@@ -181,17 +170,17 @@ for (const backend of ['redis', 'tiered'] as const) {
         clientPrefix + keyPrefix.slice(0, -1), // our prefix without its last character
         `x${clientPrefix}${keyPrefix}${hashApiKey(keys[1])}`
       ]
-      for (const key of foreign) await inspect.set(key, 'foreign')
+      for (const key of foreign) await redis.admin.set(key, 'foreign')
 
       await app.apiKeyCache.clear()
 
-      for (const key of ours) assert.equal(await inspect.exists(key), 0, `removed: ${key}`)
-      for (const key of foreign) assert.equal(await inspect.get(key), 'foreign', `kept: ${key}`)
+      for (const key of ours) assert.equal(await redis.admin.exists(key), 0, `removed: ${key}`)
+      for (const key of foreign) assert.equal(await redis.admin.get(key), 'foreign', `kept: ${key}`)
       for (const key of keys) {
         assert.equal((await call(app, key)).status, 200)
         assert.equal(source.calls(hashApiKey(key)), 2)
       }
-      for (const key of foreign) await inspect.del(key)
+      for (const key of foreign) await redis.admin.del(key)
     })
 
     test('cross-process: a lookup in flight in one app does not undo a delete made by another', options, async (t) => {
@@ -217,7 +206,7 @@ for (const backend of ['redis', 'tiered'] as const) {
         stale.resolve(record('race'))
         assert.equal((await inFlight).status, 200, `round ${round}`)
 
-        assert.equal(await inspect.exists(keyPrefix + keyHash), 0, `round ${round}: Redis holds no stale answer`)
+        assert.equal(await redis.admin.exists(keyPrefix + keyHash), 0, `round ${round}: Redis holds no stale answer`)
         assert.equal((await call(revoker, key)).status, 401, `round ${round}`)
         assert.equal(revokerSource.calls(keyHash), revokerCalls + 1, `round ${round}: the revoker asked lookup`)
         // The filler kept no stale copy of its own either (tiered: none in process memory).

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Redis from 'ioredis'
+import { after, before } from 'node:test'
 
 /** A port the kernel just handed out on loopback, free at the time of asking. */
 export async function freePort (): Promise<number> {
@@ -102,4 +103,29 @@ export class RedisServer {
 
 export async function startRedis (extraArgs: string[] = []): Promise<RedisServer> {
   return await new RedisServer(extraArgs).start()
+}
+
+export interface PrivateRedis {
+  /** The file's private server; available from the first test on. */
+  readonly server: RedisServer
+  /** A client of the test's own, to look at and change what is stored. */
+  readonly admin: Redis
+}
+
+/** One private server for a whole test file, started before its first test and destroyed after its last. */
+export function usePrivateRedis (): PrivateRedis {
+  let server: RedisServer | undefined
+  let admin: Redis | undefined
+  before(async () => {
+    server = await startRedis()
+    admin = server.client()
+  })
+  after(async () => {
+    admin?.disconnect()
+    await server?.destroy()
+  })
+  return {
+    get server () { return server! },
+    get admin () { return admin! }
+  }
 }
