@@ -58,7 +58,10 @@ export class RedisGuard {
   /** For calls off the request path (delete, clear, credentials): bounded, never skipped. */
   bounded<T> (operation: () => Promise<T>, timeoutMs = this.timeoutMs): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new RedisTimeoutError(timeoutMs)), timeoutMs)
+      // Timers run before the event loop polls sockets: when the process was starved past the
+      // deadline, the answer may already be waiting unread. setImmediate runs after that poll,
+      // so a reply that did arrive in time wins over the timeout.
+      const timer = setTimeout(() => setImmediate(() => reject(new RedisTimeoutError(timeoutMs))), timeoutMs)
       operation().then(
         (value) => { clearTimeout(timer); resolve(value) },
         (err) => { clearTimeout(timer); reject(err) })

@@ -1,0 +1,156 @@
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import Redis from 'ioredis'
+import { setTimeout as sleep } from 'node:timers/promises'
+import fastifyAuthCache, { hashApiKey, type BackendName } from '../lib'
+import { startRedis } from '../test/helpers/redis-server'
+import { benchKeys } from './keys'
+import { median } from './percentiles'
+
+/**
+ * The cost of a cache hit without HTTP around it: `hashApiKey` of the presented key and
+ * `ApiKeyCache.resolve` answering from process memory, on one thread.
+ *   npx tsx bench/hot-path.ts            prints a table (starts its own redis-server)
+ *   npx tsx bench/hot-path.ts --json URL prints JSON, using the Redis at URL (bench/run.ts)
+ */
+
+export interface HotPathFigure { label: string, opsPerSecond: number }
+
+const QUICK = process.env.BENCH_QUICK === '1'
+const SAMPLES = Number(process.env.BENCH_HOT_SAMPLES || (QUICK ? 3 : 5))
+const SAMPLE_MS = Number(process.env.BENCH_HOT_SAMPLE_MS || (QUICK ? 300 : 600))
+const BATCH = 50_000
+
+/**
+ * Median over samples of how many `operation(i)` run per second; each sample lasts about SAMPLE_MS.
+ * The samples run back to back without yielding to the event loop: the tiered backend's heartbeat
+ * is a timer, so its trust cannot lapse, and flush process memory, in the middle of a measurement.
+ */
+function opsPerSecond (operation: (i: number) => void): number {
+  const rates: number[] = []
+  let i = 0
+  for (let s = 0; s < SAMPLES; s++) {
+    const started = performance.now()
+    let done = 0
+    let elapsed = 0
+    do {
+      for (let b = 0; b < BATCH; b++) operation(i++)
+      done += BATCH
+      elapsed = performance.now() - started
+    } while (elapsed < SAMPLE_MS)
+    rates.push(done / (elapsed / 1000))
+  }
+  return median(rates)
+}
+
+async function cacheFor (backend: BackendName, keys: string[], redisUrl: string): Promise<{ app: FastifyInstance, redis: Redis | undefined }> {
+  const table = new Map(keys.map((key, i) => [hashApiKey(key), { id: `key-${i}`, active: true }]))
+  const redis = backend === 'memory' ? undefined : new Redis(redisUrl)
+  const app = Fastify({ logger: false })
+  await app.register(fastifyAuthCache, {
+    backend,
+    strict: true,
+    ...(redis !== undefined && { redis }),
+    apiKeys: {
+      lookup: (keyHash) => table.get(keyHash) ?? null,
+      ttlSeconds: 3600,
+      max: Math.max(10_000, keys.length * 2),
+      keyPrefix: `bench:hot:${backend}:${keys.length}:`
+    }
+  })
+  await app.ready()
+  const request = { log: app.log } as unknown as FastifyRequest
+  // Tiered copies into process memory only once its invalidation channel is trusted, so keys
+  // are resolved again until every one of them answers synchronously.
+  const deadline = Date.now() + 30_000
+  let pending = keys.map(hashApiKey)
+  while (pending.length > 0) {
+    const loading: string[] = []
+    for (let start = 0; start < pending.length; start += 1000) {
+      const loads: Array<Promise<unknown>> = []
+      for (const hash of pending.slice(start, start + 1000)) {
+        const answer = app.apiKeyCache.resolve(hash, request)
+        if (answer instanceof Promise) {
+          loading.push(hash)
+          loads.push(answer)
+        }
+      }
+      await Promise.all(loads)
+    }
+    if (loading.length > 0) {
+      if (Date.now() > deadline) throw new Error(`${backend}: ${loading.length} keys are not served from process memory`)
+      await sleep(10)
+    }
+    pending = loading
+  }
+  return { app, redis }
+}
+
+async function hitRate (label: string, backend: BackendName, keys: string[], redisUrl: string): Promise<HotPathFigure> {
+  const { app, redis } = await cacheFor(backend, keys, redisUrl)
+  const cache = app.apiKeyCache
+  const request = { log: app.log } as unknown as FastifyRequest
+  let misses = 0
+  const rate = opsPerSecond((i) => {
+    if (cache.resolve(hashApiKey(keys[i % keys.length]), request) instanceof Promise) misses++
+  })
+  await app.close()
+  await redis?.quit()
+  // A miss would measure Redis or lookup, not the hot path.
+  if (misses > 0) throw new Error(`${label}: ${misses} lookups missed process memory`)
+  return { label, opsPerSecond: rate }
+}
+
+/**
+ * The plain-Map rows are a control: the same hash and one lookup in a bare Map of the same size.
+ * When a large table slows the plugin and the control alike, the cost is the working set not
+ * fitting the CPU caches, not the plugin.
+ */
+export async function measureHotPath (redisUrl: string, largeTable: number): Promise<HotPathFigure[]> {
+  const small = benchKeys(10)
+  const large = benchKeys(largeTable)
+  const count = (n: number): string => n.toLocaleString('en-US')
+  let sink = 0
+  const control = (keys: string[]): HotPathFigure => {
+    const table = new Map(keys.map((key) => [hashApiKey(key), true]))
+    return {
+      label: `control: hashApiKey + plain Map.get, ${count(keys.length)} keys`,
+      opsPerSecond: opsPerSecond((i) => { if (table.get(hashApiKey(keys[i % keys.length])) === true) sink++ })
+    }
+  }
+  const figures: HotPathFigure[] = [
+    { label: 'hashApiKey alone', opsPerSecond: opsPerSecond((i) => { sink += hashApiKey(small[i % 10]).length }) },
+    await hitRate('hashApiKey + resolve, memory, 10 keys', 'memory', small, redisUrl),
+    await hitRate(`hashApiKey + resolve, memory, ${count(largeTable)} keys`, 'memory', large, redisUrl),
+    await hitRate('hashApiKey + resolve, tiered L1, 10 keys', 'tiered', small, redisUrl),
+    await hitRate(`hashApiKey + resolve, tiered L1, ${count(largeTable)} keys`, 'tiered', large, redisUrl),
+    control(small),
+    control(large)
+  ]
+  // Reading the sink keeps the measured work from being optimised away.
+  if (sink === 0) throw new Error('the control rows found no key')
+  return figures
+}
+
+async function main (): Promise<void> {
+  const json = process.argv[2] === '--json'
+  const largeTable = Number(process.env.BENCH_LARGE_TABLE ?? 100_000)
+  if (json) {
+    process.stdout.write(JSON.stringify(await measureHotPath(process.argv[3], largeTable)) + '\n')
+    return
+  }
+  const redis = await startRedis()
+  try {
+    for (const { label, opsPerSecond } of await measureHotPath(redis.url, largeTable)) {
+      console.log(`${label.padEnd(48)} ${Math.round(opsPerSecond).toLocaleString('en-US').padStart(12)} ops/s`)
+    }
+  } finally {
+    await redis.destroy()
+  }
+}
+
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err)
+    process.exit(1)
+  })
+}
