@@ -2,5 +2,6 @@
 
 module.exports = require('neostandard')({
   ts: true,
+  filesTs: ['**/*.mts'],
   ignores: ['dist/**', 'coverage/**', 'node_modules/**']
 })

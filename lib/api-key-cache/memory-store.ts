@@ -2,6 +2,13 @@ import { LRUCache } from 'lru-cache'
 import type { ApiKeyRecord } from '../types'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type StoreRead } from './store'
 
+/** What process memory looked like when a read began; a later fill is checked against it. */
+export interface LocalFillToken { flushes: number, removals: number, startedAt: number }
+
+// A lookup slower than this is answered but not cached, which bounds how long a removal must be
+// remembered to refuse the fills that started before it.
+const MAX_FILL_AGE_MS = 30_000
+
 /**
  * Records and unknown keys live in two LRUs so that a flood of random keys from an attacker
  * can only evict other unknown keys, never the records of real clients. lru-cache measures
@@ -12,16 +19,28 @@ export class MemoryApiKeyStore implements ApiKeyStore {
   readonly invalidationsReceived = 0
   private readonly records: LRUCache<string, ApiKeyRecord>
   private readonly unknown: LRUCache<string, true>
-  // Bumped by every delete and clear; a fill that saw another value comes too late to be trusted.
-  private epoch = 0
+  // A fill is refused when a flush happened since its read, or a removal of its own key did:
+  // removals are remembered per key, for as long as a fill may come back.
+  private flushes = 0
+  private removals = 0
+  private readonly removedAt = new Map<string, { removal: number, at: number }>()
 
   constructor (max: number) {
-    this.records = new LRUCache({ max, ttl: 60_000, ttlAutopurge: false })
-    this.unknown = new LRUCache({ max, ttl: 5_000, ttlAutopurge: false })
+    // ttlResolution 0 reads the clock on each get; the default caches it for 1 ms behind a timer,
+    // and under load those timers cost more than the clock reads they save.
+    this.records = new LRUCache({ max, ttl: 60_000, ttlResolution: 0 })
+    this.unknown = new LRUCache({ max, ttl: 5_000, ttlResolution: 0 })
   }
 
-  get generation (): number {
-    return this.epoch
+  token (): LocalFillToken {
+    return { flushes: this.flushes, removals: this.removals, startedAt: performance.now() }
+  }
+
+  /** Whether nothing invalidated `keyHash` since `token` was taken. */
+  accepts (keyHash: string, token: LocalFillToken): boolean {
+    if (token.flushes !== this.flushes || performance.now() - token.startedAt > MAX_FILL_AGE_MS) return false
+    const removed = this.removedAt.get(keyHash)
+    return removed === undefined || removed.removal <= token.removals
   }
 
   peek (keyHash: string): CachedAnswer | undefined {
@@ -34,13 +53,18 @@ export class MemoryApiKeyStore implements ApiKeyStore {
   }
 
   read (keyHash: string): Promise<StoreRead> {
-    return Promise.resolve({ answer: this.peek(keyHash), token: this.epoch })
+    return Promise.resolve({ answer: this.peek(keyHash), token: this.token() })
   }
 
   fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean> {
-    if (token !== this.epoch) return Promise.resolve(false)
+    return Promise.resolve(this.fillSync(keyHash, answer, ttlMs, token as LocalFillToken))
+  }
+
+  /** Synchronous fill, for the tiered backend's L1. */
+  fillSync (keyHash: string, answer: CachedAnswer, ttlMs: number, token: LocalFillToken): boolean {
+    if (!this.accepts(keyHash, token)) return false
     this.write(keyHash, answer, ttlMs)
-    return Promise.resolve(true)
+    return true
   }
 
   set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void> {
@@ -62,14 +86,23 @@ export class MemoryApiKeyStore implements ApiKeyStore {
 
   /** Synchronous delete, for the tiered backend's L1. */
   remove (keyHash: string): void {
-    this.epoch++
+    const now = performance.now()
+    this.removals++
+    this.removedAt.delete(keyHash)
+    this.removedAt.set(keyHash, { removal: this.removals, at: now })
+    // Oldest first (Map order): forget removals no fill can still be waiting on.
+    for (const [hash, { at }] of this.removedAt) {
+      if (now - at <= MAX_FILL_AGE_MS) break
+      this.removedAt.delete(hash)
+    }
     this.records.delete(keyHash)
     this.unknown.delete(keyHash)
   }
 
   /** Synchronous clear, for the tiered backend's L1. */
   flush (): void {
-    this.epoch++
+    this.flushes++
+    this.removedAt.clear()
     this.records.clear()
     this.unknown.clear()
   }

@@ -67,8 +67,9 @@ export class RedisApiKeyStore implements ApiKeyStore {
   private readonly channel: string
   private readonly instanceId: string
   private readonly tagPrefix: string
-  // Bumped by this process's delete and clear: a clear cannot bump the generation of every key
-  // in Redis, so at least the fills in flight in this process are refused.
+  // Bumped by this process's clear, which cannot bump the generation of every key in Redis: at
+  // least the fills in flight in this process are refused. A delete is covered per key by the
+  // key's generation.
   private epoch = 0
 
   constructor (options: RedisStoreOptions) {
@@ -118,7 +119,6 @@ export class RedisApiKeyStore implements ApiKeyStore {
 
   async delete (keyHash: string): Promise<void> {
     const [key, generationKey] = this.keys(keyHash)
-    this.epoch++
     await this.guard.bounded(() => this.client[DELETE](
       key, generationKey, GENERATION_TTL_MS, this.channel, `d:${this.instanceId}:${keyHash}`), OFF_PATH_TIMEOUT_MS)
   }

@@ -1,15 +1,15 @@
-import { MemoryApiKeyStore } from './memory-store'
+import { MemoryApiKeyStore, type LocalFillToken } from './memory-store'
 import type { RedisApiKeyStore } from './redis-store'
 import type { InvalidationBus } from './invalidation-bus'
 import type { ApiKeyStore, CachedAnswer, StoreRead } from './store'
 
-interface TieredToken { generation: number, shared: unknown }
+interface TieredToken { local: LocalFillToken, shared: unknown }
 
 /**
  * Process memory (L1) in front of Redis (L2). L1 is used only while the invalidation bus is
- * trusted; every invalidation, and every change of trust, flushes the affected L1 entries and
- * bumps L1's generation, so an L2 read or a lookup that was in flight meanwhile does not put
- * its possibly stale answer back into L1.
+ * trusted; every invalidation, and every change of trust, drops the affected L1 entries, and L1
+ * refuses the copies of L2 reads and lookups that were in flight meanwhile, so their possibly
+ * stale answers do not come back.
  */
 export class TieredApiKeyStore implements ApiKeyStore {
   readonly backend = 'tiered' as const
@@ -40,33 +40,34 @@ export class TieredApiKeyStore implements ApiKeyStore {
   }
 
   async read (keyHash: string): Promise<StoreRead> {
-    const generation = this.local.generation
+    const local = this.local.token()
     const cached = this.peek(keyHash)
-    if (cached !== undefined) return { answer: cached, token: { generation, shared: undefined } }
+    if (cached !== undefined) return { answer: cached, token: { local, shared: undefined } }
     const read = await this.shared.read(keyHash)
-    if (read.answer !== undefined) this.copyToLocal(keyHash, read.answer, read.ttlMs, generation)
-    return { answer: read.answer, token: { generation, shared: read.token } }
+    if (read.answer !== undefined) this.copyToLocal(keyHash, read.answer, read.ttlMs, local)
+    return { answer: read.answer, token: { local, shared: read.token } }
   }
 
   async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean> {
-    const { generation, shared } = token as TieredToken
-    // L1's generation moved: a delete, clear or loss of the bus happened since the read. A clear
-    // does not bump the key's generation in Redis, so the L2 check alone would accept the answer.
-    if (this.local.generation !== generation) return false
+    const { local, shared } = token as TieredToken
+    // Invalidated here since the read (a delete or clear, ours or announced, or a loss of the
+    // bus): a clear does not bump the key's generation in Redis, so the L2 check alone would
+    // accept the answer.
+    if (!this.local.accepts(keyHash, local)) return false
     // Refused in L2 means deleted meanwhile: then L1 must not have it either.
     const written = await this.shared.fill(keyHash, answer, ttlMs, shared)
-    if (written) this.copyToLocal(keyHash, answer, ttlMs, generation)
+    if (written) this.copyToLocal(keyHash, answer, ttlMs, local)
     return written
   }
 
-  private copyToLocal (keyHash: string, answer: CachedAnswer, ttlMs: number, generation: number): void {
-    if (this.trusted && this.local.generation === generation) this.local.write(keyHash, answer, ttlMs)
+  private copyToLocal (keyHash: string, answer: CachedAnswer, ttlMs: number, token: LocalFillToken): void {
+    if (this.trusted) this.local.fillSync(keyHash, answer, ttlMs, token)
   }
 
   async set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void> {
-    const generation = this.local.generation
+    const local = this.local.token()
     await this.shared.set(keyHash, answer, ttlMs)
-    this.copyToLocal(keyHash, answer, ttlMs, generation)
+    this.copyToLocal(keyHash, answer, ttlMs, local)
   }
 
   async delete (keyHash: string): Promise<void> {

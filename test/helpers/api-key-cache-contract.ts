@@ -410,6 +410,24 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
       })
     }
 
+    test('a delete of one key does not stop a lookup in flight for another key from being cached', options, async (t) => {
+      const keyPrefix = newPrefix()
+      const source = new KeySource()
+      const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
+      const key = newKey()
+      const keyHash = hashApiKey(key)
+      const slow = deferred<unknown>()
+      source.answer(keyHash, () => slow.promise)
+      const inFlight = call(app, key)
+      await until('lookup started', () => source.calls(keyHash) === 1)
+      await app.apiKeyCache.delete(hashApiKey(newKey()))
+      slow.resolve(record('kept'))
+      assert.equal((await inFlight).status, 200)
+      assert.equal((await app.apiKeyCache.get(keyHash))?.id, 'kept')
+      assert.equal((await call(app, key)).status, 200)
+      assert.equal(source.calls(keyHash), 1)
+    })
+
     test('delete makes the next request call lookup again', options, async (t) => {
       const keyPrefix = newPrefix()
       const source = new KeySource()
