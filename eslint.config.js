@@ -3,5 +3,5 @@
 module.exports = require('neostandard')({
   ts: true,
   filesTs: ['**/*.mts'],
-  ignores: ['dist/**', 'coverage/**', 'node_modules/**']
+  ignores: ['dist/**', 'coverage/**', 'node_modules/**', 'bench/.tmp/**']
 })
