@@ -273,6 +273,26 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
       await assert.rejects(asyncStore.load(), { code: 'FST_CREDENTIALS_DESERIALIZE' })
     })
 
+    test('another Redis type under the key is unreadable like corrupt bytes, and is left as it is', async (t) => {
+      if (redis === undefined) {
+        // Memory holds only what the store wrote; there is no other type to meet.
+        assert.equal(backend, 'memory')
+        return
+      }
+      const keyPrefix = freshPrefix()
+      const store = await open(t, { keyPrefix })
+      const client = redis.client()
+      t.after(() => client.quit())
+      await client.hset(`${keyPrefix}default`, 'accessToken', 'x')
+      await assert.rejects(store.load(), { code: 'FST_CREDENTIALS_DESERIALIZE' })
+      await assert.rejects(store.update(() => 'never'), { code: 'FST_CREDENTIALS_DESERIALIZE' })
+      assert.equal(await client.type(`${keyPrefix}default`), 'hash')
+      assert.equal(await client.hget(`${keyPrefix}default`, 'accessToken'), 'x')
+      // The failed update released its lock at once.
+      await store.clear()
+      assert.equal(await store.update(() => 'written', { waitMs: 0 }), 'written')
+    })
+
     test('a serialize that throws leaves the previous value untouched, in save and in update', async (t) => {
       const keyPrefix = freshPrefix()
       const store = await open(t, {

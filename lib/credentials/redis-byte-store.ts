@@ -1,3 +1,4 @@
+import { CredentialsDeserializeError } from '../errors'
 import { clientKeyPrefix, defineScript, type RedisClient } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { RELEASE_LOCK, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
@@ -27,7 +28,18 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async get (key: string): Promise<Buffer | undefined> {
-    return (await this.call(() => this.client.getBuffer(key))) ?? undefined
+    try {
+      return (await this.call(() => this.client.getBuffer(key))) ?? undefined
+    } catch (err) {
+      // A list, hash or set under the credential's key is unreadable bytes like any other junk,
+      // not a failing Redis; it is left as it is.
+      if ((err as Error).message?.startsWith('WRONGTYPE')) {
+        const unreadable = new CredentialsDeserializeError(key)
+        unreadable.cause = err
+        throw unreadable
+      }
+      throw err
+    }
   }
 
   async set (key: string, bytes: Buffer, ttlMs: number | undefined): Promise<void> {

@@ -11,7 +11,7 @@ export class RedisUnavailableError extends Error {
 }
 
 const MIN_BACKOFF_MS = 250
-const MAX_BACKOFF_MS = 5000
+const MAX_BACKOFF_MS = 2000
 
 /**
  * Bounds every Redis call on the request path. ioredis queues commands while disconnected and
