@@ -47,11 +47,6 @@ export class MemoryApiKeyStore implements ApiKeyStore {
     return this.records.get(keyHash) ?? (this.unknown.get(keyHash) === true ? UNKNOWN_KEY : undefined)
   }
 
-  /** Remaining lifetime of the entry in ms, for tiers that copy it. */
-  remainingTtl (keyHash: string): number {
-    return Math.max(this.records.getRemainingTTL(keyHash), this.unknown.getRemainingTTL(keyHash))
-  }
-
   read (keyHash: string): Promise<StoreRead> {
     return Promise.resolve({ answer: this.peek(keyHash), token: this.token() })
   }
@@ -115,10 +110,6 @@ export class MemoryApiKeyStore implements ApiKeyStore {
   clear (): Promise<void> {
     this.flush()
     return Promise.resolve()
-  }
-
-  get size (): number {
-    return this.records.size + this.unknown.size
   }
 
   close (): Promise<void> {
