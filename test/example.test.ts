@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { join } from 'node:path'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
@@ -9,7 +9,7 @@ import type Redis from 'ioredis'
 import { generateApiKey, hashApiKey, isWellFormedApiKey, type BackendName } from '../lib'
 import { buildExampleApp, KEY_PREFIX, type ExampleApp } from '../examples/app'
 import { KeyTable } from '../examples/key-table'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
 
 const ROOT = join(__dirname, '..')
 
@@ -134,17 +134,7 @@ async function evalshaCalls (client: Redis): Promise<number> {
 }
 
 describe('example app', () => {
-  let redis: RedisServer
-  let client: Redis
-
-  before(async () => {
-    redis = await startRedis()
-    client = redis.client()
-  })
-  after(async () => {
-    client?.disconnect()
-    await redis?.destroy()
-  })
+  const redis = usePrivateRedis()
 
   test('memory backend by default', async (t) => {
     const built = await buildExampleApp()
@@ -153,28 +143,28 @@ describe('example app', () => {
   })
 
   test('redis backend with a Redis url: one entry per hash, removed by the revocation', async (t) => {
-    await client.flushall()
-    const built = await buildExampleApp({ redisUrl: redis.url })
+    await redis.admin.flushall()
+    const built = await buildExampleApp({ redisUrl: redis.server.url })
     t.after(() => built.app.close())
     await walkThrough(built, 'redis', {
       async afterUse (hash, key) {
-        const stored = JSON.parse(String(await client.get(`apikey:${hash}`)))
+        const stored = JSON.parse(String(await redis.admin.get(`apikey:${hash}`)))
         assert.equal(stored.active, true)
         assert.equal(stored.name, 'ci')
-        assert.ok(!(await dump(client)).includes(key), 'Redis holds no plaintext key')
+        assert.ok(!(await dump(redis.admin)).includes(key), 'Redis holds no plaintext key')
       },
       async afterRevoke (hash) {
-        assert.equal(await client.exists(`apikey:${hash}`), 0)
+        assert.equal(await redis.admin.exists(`apikey:${hash}`), 0)
       }
     })
   })
 
   test('tiered: a key revoked through one app is refused by another sharing Redis and the table', async (t) => {
-    await client.flushall()
+    await redis.admin.flushall()
     const keys = new KeyTable(KEY_PREFIX)
-    const a = await buildExampleApp({ redisUrl: redis.url, backend: 'tiered', keys })
+    const a = await buildExampleApp({ redisUrl: redis.server.url, backend: 'tiered', keys })
     t.after(() => a.app.close())
-    const b = await buildExampleApp({ redisUrl: redis.url, backend: 'tiered', keys })
+    const b = await buildExampleApp({ redisUrl: redis.server.url, backend: 'tiered', keys })
     t.after(() => b.app.close())
     await Promise.all([a.app.ready(), b.app.ready()])
     assert.equal(b.app.apiKeyCache.backend, 'tiered')
@@ -186,9 +176,9 @@ describe('example app', () => {
     // B must answer from its own memory, without asking Redis, or the test would prove nothing
     // about invalidation: wait until a request of B runs no Redis script.
     await eventually('B serving the key from process memory', async () => {
-      const before = await evalshaCalls(client)
+      const before = await evalshaCalls(redis.admin)
       assert.equal((await whoami(b.app, key)).statusCode, 200)
-      return (await evalshaCalls(client)) === before
+      return (await evalshaCalls(redis.admin)) === before
     }, 10_000)
 
     const revoked = await a.app.inject({ method: 'DELETE', url: `/keys/${id}`, headers: { 'x-api-key': a.demoKey.key } })
@@ -283,10 +273,10 @@ describe('example app', () => {
 
     test('REDIS_URL selects the redis backend, BACKEND=tiered the tiered one', async (t) => {
       for (const [env, backend] of [
-        [{ REDIS_URL: redis.url }, 'redis'],
-        [{ REDIS_URL: redis.url, BACKEND: 'tiered' }, 'tiered']
+        [{ REDIS_URL: redis.server.url }, 'redis'],
+        [{ REDIS_URL: redis.server.url, BACKEND: 'tiered' }, 'tiered']
       ] as const) {
-        await client.flushall()
+        await redis.admin.flushall()
         const server = await startServer(t, env)
         assert.match(server.output(), new RegExp(`backend "${backend}"`))
         const headers = { 'x-api-key': server.key }
@@ -294,7 +284,7 @@ describe('example app', () => {
         assert.equal((await fetch(`${server.base}/whoami`, { headers })).status, 200)
         const stats = await (await fetch(`${server.base}/stats`, { headers })).json() as { backend: string }
         assert.equal(stats.backend, backend)
-        assert.equal(await client.exists(`apikey:${hashApiKey(server.key)}`), 1, 'the cache lives in the private Redis')
+        assert.equal(await redis.admin.exists(`apikey:${hashApiKey(server.key)}`), 1, 'the cache lives in the private Redis')
         await stopServer(server)
       }
     })

@@ -6,6 +6,7 @@ import { generateApiKey, type ApiKeyRecord } from '../lib'
 import { requestPathCommandCalls } from './helpers/command-stats'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { setRecordEverywhere, TieredWorker, type Revocation, type WatchOutcome, type WorkerStats } from './helpers/tiered-worker-process'
+import { waitUntil } from './helpers/wait-until'
 
 // CONTRACT section 4: the bounds under test.
 const HEALTHY_P99_MS = 10
@@ -46,14 +47,6 @@ function summary (samples: number[]): { p50: number, p99: number, max: number, t
   const p99 = percentile(sorted, 99)
   const max = sorted[sorted.length - 1]!
   return { p50, p99, max, text: `n=${sorted.length} p50=${p50.toFixed(2)} ms p99=${p99.toFixed(2)} ms max=${max.toFixed(2)} ms` }
-}
-
-async function waitUntil (what: string, deadlineMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + deadlineMs
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting until ${what}`)
-    await sleep(20)
-  }
 }
 
 describe('tiered backend across processes sharing one Redis', () => {

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict'
-import { after, before, describe, test, type TestContext } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance } from 'fastify'
-import type Redis from 'ioredis'
 import fastifyAuthCache, { generateApiKey, type ApiKeyLookup, type ApiKeyRecord } from '../lib'
 import { commandCalls, requestPathCommandCalls } from './helpers/command-stats'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
+import { waitUntil } from './helpers/wait-until'
 
 const PREFIX = 'apikey:'
 // CONTRACT section 4: bound for a process whose connection to Redis was lost around a revocation.
@@ -16,33 +16,14 @@ function newKey (): { key: string, hash: string } {
   return generateApiKey({ prefix: 'tiered' })
 }
 
-async function waitUntil (what: string, deadlineMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + deadlineMs
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting until ${what}`)
-    await sleep(20)
-  }
-}
-
 describe('tiered backend in one process', () => {
-  let redis: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    redis = await startRedis()
-    admin = redis.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await redis?.destroy()
-  })
+  const redis = usePrivateRedis()
 
   /** An app on the shared private Redis whose `lookup` reads `table`. */
   async function buildApp (t: TestContext, lookup: ApiKeyLookup): Promise<FastifyInstance> {
     const app = Fastify()
     t.after(() => app.close())
-    await app.register(fastifyRedis, { url: redis.url })
+    await app.register(fastifyRedis, { url: redis.server.url })
     await app.register(fastifyAuthCache, { backend: 'tiered', apiKeys: { lookup } })
     app.get('/', async (request) => ({ id: request.apiKey.id }))
     await app.ready()
@@ -62,9 +43,9 @@ describe('tiered backend in one process', () => {
   /** Whether one request for `key` was a hit that sent no request-path command to Redis. */
   async function servedFromMemory (app: FastifyInstance, key: string): Promise<boolean> {
     const hits = app.apiKeyCache.stats().hits
-    const before = await requestPathCommandCalls(admin)
+    const before = await requestPathCommandCalls(redis.admin)
     assert.equal(await status(app, key), 200)
-    const after = await requestPathCommandCalls(admin)
+    const after = await requestPathCommandCalls(redis.admin)
     return after === before && app.apiKeyCache.stats().hits === hits + 1
   }
 
@@ -85,20 +66,20 @@ describe('tiered backend in one process', () => {
     // The probe sees this app's traffic: a miss is a read and a fill.
     const fresh = newKey()
     table.set(fresh.hash, { id: 'fresh', active: true })
-    const beforeMiss = await requestPathCommandCalls(admin)
+    const beforeMiss = await requestPathCommandCalls(redis.admin)
     assert.equal(await status(app, fresh.key), 200)
-    assert.ok(await requestPathCommandCalls(admin) >= beforeMiss + 2, 'a miss reads and fills Redis')
+    assert.ok(await requestPathCommandCalls(redis.admin) >= beforeMiss + 2, 'a miss reads and fills Redis')
 
-    const before = await commandCalls(admin)
-    const requestPathBefore = await requestPathCommandCalls(admin)
+    const before = await commandCalls(redis.admin)
+    const requestPathBefore = await requestPathCommandCalls(redis.admin)
     const statsBefore = app.apiKeyCache.stats()
     for (let i = 0; i < 100; i++) assert.equal(await status(app, warm.key), 200)
     // Stay idle across several heartbeats (300 ms apart) so that they show in the count.
     await waitUntil('heartbeats are published', 5000, async () =>
-      ((await commandCalls(admin)).get('publish') ?? 0) >= (before.get('publish') ?? 0) + 3)
+      ((await commandCalls(redis.admin)).get('publish') ?? 0) >= (before.get('publish') ?? 0) + 3)
     const statsAfter = app.apiKeyCache.stats()
 
-    assert.equal(await requestPathCommandCalls(admin), requestPathBefore, '100 hits and the heartbeats sent no GET/EVALSHA/SET')
+    assert.equal(await requestPathCommandCalls(redis.admin), requestPathBefore, '100 hits and the heartbeats sent no GET/EVALSHA/SET')
     assert.equal(statsAfter.hits - statsBefore.hits, 100)
     assert.equal(statsAfter.lookups, statsBefore.lookups)
     assert.equal(statsAfter.misses, statsBefore.misses)
@@ -117,32 +98,32 @@ describe('tiered backend in one process', () => {
     // A revocation whose message never arrives: the entry leaves Redis and the source of truth
     // silently. With the bus healthy, L1 keeps serving it (nothing said otherwise) ...
     table.set(stale.hash, { id: 'stale', active: false })
-    assert.equal(await admin.del(PREFIX + stale.hash), 1)
+    assert.equal(await redis.admin.del(PREFIX + stale.hash), 1)
     assert.ok(await servedFromMemory(app, stale.key), 'the silently revoked key is still in L1')
 
     // ... until the bus loses its subscriber. A full server keeps it from reconnecting for now.
-    t.after(() => admin.config('SET', 'maxclients', '10000'))
+    t.after(() => redis.admin.config('SET', 'maxclients', '10000'))
     // The test's client, the app's client and its subscriber; connections of earlier tests must
     // be gone, or their slots would let the subscriber back in.
-    const clients = async (): Promise<number> => ((await admin.call('CLIENT', 'LIST')) as string).trim().split('\n').length
+    const clients = async (): Promise<number> => ((await redis.admin.call('CLIENT', 'LIST')) as string).trim().split('\n').length
     await waitUntil('only this app is connected', 5000, async () => (await clients()) === 3)
-    await admin.config('SET', 'maxclients', '2')
-    assert.equal(await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub'), 1)
+    await redis.admin.config('SET', 'maxclients', '2')
+    assert.equal(await redis.admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub'), 1)
 
     await waitUntil('L1 is bypassed', DISRUPTED_BOUND_MS, async () => !(await servedFromMemory(app, steady.key)))
     // Across several heartbeat intervals, every request goes to Redis.
     const bypassedUntil = Date.now() + 1000
     let bypassed = 0
     while (Date.now() < bypassedUntil) {
-      const before = await requestPathCommandCalls(admin)
+      const before = await requestPathCommandCalls(redis.admin)
       assert.equal(await status(app, steady.key), 200)
-      assert.ok(await requestPathCommandCalls(admin) > before, `request ${bypassed} while untrusted went to Redis`)
+      assert.ok(await requestPathCommandCalls(redis.admin) > before, `request ${bypassed} while untrusted went to Redis`)
       bypassed++
       await sleep(50)
     }
     assert.ok(bypassed >= 5)
 
-    await admin.config('SET', 'maxclients', '10000')
+    await redis.admin.config('SET', 'maxclients', '10000')
     await warmInL1(app, steady.key)
     // The stale entry did not survive the untrusted period, although it was never requested then.
     assert.equal(await status(app, stale.key), 401)
@@ -155,16 +136,16 @@ describe('tiered backend in one process', () => {
     table.set(stale.hash, { id: 'stale', active: true })
     await warmInL1(app, stale.key)
     table.set(stale.hash, { id: 'stale', active: false })
-    assert.equal(await admin.del(PREFIX + stale.hash), 1)
+    assert.equal(await redis.admin.del(PREFIX + stale.hash), 1)
 
     // Paused writes hold PUBLISH and scripts: the subscriber stays connected but hears nothing.
-    t.after(() => admin.call('CLIENT', 'UNPAUSE'))
+    t.after(() => redis.admin.call('CLIENT', 'UNPAUSE'))
     const pausedAt = Date.now()
-    await admin.call('CLIENT', 'PAUSE', '10000', 'WRITE')
+    await redis.admin.call('CLIENT', 'PAUSE', '10000', 'WRITE')
     await waitUntil('the silently revoked key is refused', DISRUPTED_BOUND_MS, async () =>
       (await status(app, stale.key)) === 401)
     t.diagnostic(`refused ${Date.now() - pausedAt} ms after the bus went silent`)
-    await admin.call('CLIENT', 'UNPAUSE')
+    await redis.admin.call('CLIENT', 'UNPAUSE')
 
     const next = newKey()
     table.set(next.hash, { id: 'next', active: true })
@@ -222,7 +203,7 @@ describe('tiered backend in one process', () => {
         // The request that started before the revocation was answered with what lookup read.
         assert.equal((await inFlight).statusCode, 200)
 
-        assert.equal(await admin.get(PREFIX + hash), null, 'the stale answer was not written to Redis')
+        assert.equal(await redis.admin.get(PREFIX + hash), null, 'the stale answer was not written to Redis')
         const lookups = slow.apiKeyCache.stats().lookups
         assert.equal(await status(slow, key), 401, 'the app whose lookup was slow refuses the key')
         assert.equal(slow.apiKeyCache.stats().lookups, lookups + 1, 'it asked the source of truth again')
