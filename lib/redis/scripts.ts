@@ -1,6 +1,6 @@
 /**
  * Lua run atomically on the Redis node that owns the key. Every script names the record key
- * and its generation key, which share a hash slot (see `generationKey`), so they run on
+ * and its generation key, which share a hash slot (see `slotSibling`), so they run on
  * Redis Cluster too.
  */
 
