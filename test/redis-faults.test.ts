@@ -191,5 +191,24 @@ for (const backend of ['redis', 'tiered'] as const) {
       t.diagnostic(`recovered ${Math.round(recoveredIn)} ms after the pause ended`)
       assertWarnedOnce(h, sent)
     })
+
+    test('delete and clear against a stalled Redis reject within their 5 s bound instead of hanging', async (t) => {
+      const h = await build(t, backend)
+      await assertCachingWorks(h)
+      const pausedAt = performance.now()
+      assert.equal(await redis.admin.call('CLIENT', 'PAUSE', '6500', 'ALL'), 'OK')
+      const outcomes = await Promise.allSettled([
+        h.app.apiKeyCache.delete(hashApiKey(h.key)),
+        h.app.apiKeyCache.clear()
+      ])
+      const took = performance.now() - pausedAt
+      for (const outcome of outcomes) {
+        assert.equal(outcome.status, 'rejected')
+        assert.equal((outcome as PromiseRejectedResult).reason.code, 'FST_AUTH_CACHE_REDIS_TIMEOUT')
+      }
+      assert.ok(took >= 4900 && took < 6400, `rejected after ${Math.round(took)} ms`)
+      // The next test starts on a Redis that answers.
+      await sleep(Math.max(0, 6600 - (performance.now() - pausedAt)))
+    })
   })
 }

@@ -126,7 +126,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   async clear (): Promise<void> {
     this.epoch++
     try {
-      await clearPrefix(this.client, this.prefix)
+      await clearPrefix(this.client, this.prefix, (call) => this.guard.bounded(call, OFF_PATH_TIMEOUT_MS))
     } finally {
       // Reads that started while SCAN was under way may have seen entries it then removed.
       this.epoch++
