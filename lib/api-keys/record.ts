@@ -12,9 +12,10 @@ export function isApiKeyRecord (value: unknown): value is ApiKeyRecord {
 export type RejectReason = 'unknown' | 'inactive' | 'expired'
 
 /** Why a record (or its absence) is refused, or undefined when it is valid now. */
-export function rejectReason (record: ApiKeyRecord | undefined, now: number): RejectReason | undefined {
+export function rejectReason (record: ApiKeyRecord | undefined): RejectReason | undefined {
   if (record === undefined) return 'unknown'
   if (!record.active) return 'inactive'
-  if (record.expiresAt !== undefined && record.expiresAt <= now) return 'expired'
+  // The clock is read only for records that can expire.
+  if (record.expiresAt !== undefined && record.expiresAt <= Date.now()) return 'expired'
   return undefined
 }

@@ -47,7 +47,7 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
 
   function decide (request: FastifyRequest, reply: FastifyReply, keyHash: string, answer: CachedAnswer): ApiKeyRecord {
     const record = answer === UNKNOWN_KEY ? undefined : answer as ApiKeyRecord
-    const reason = rejectReason(record, Date.now())
+    const reason = rejectReason(record)
     if (reason !== undefined) throw refuseInvalid(request, reply, reason, keyHash)
     request.apiKey = record!
     return record!

@@ -32,7 +32,7 @@ export function extractKey (request: FastifyRequest, header: string): ExtractedK
     value = value.slice(space + 1)
   }
   // Only spaces are padding; a tab or newline is a control character and makes the key malformed.
-  value = value.replace(SPACES, '')
+  if (value.charCodeAt(0) === 32 || value.charCodeAt(value.length - 1) === 32) value = value.replace(SPACES, '')
   if (value.length === 0) return MISSING
   if (value.length > MAX_KEY_LENGTH || CONTROL.test(value)) return MALFORMED
   return { kind: 'key', key: value }
