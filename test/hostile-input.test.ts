@@ -47,16 +47,25 @@ interface Harness {
   answers: Map<string, () => unknown>
 }
 
-async function harness (t: TestContext, backend: Backend, header = 'x-api-key'): Promise<Harness> {
+/**
+ * An app, the client it is given and the test's own client (none for memory), closed in that
+ * order after the test.
+ */
+function appWithClients (t: TestContext, backend: Backend): { app: FastifyInstance, appClient: Redis | undefined, redis: Redis | undefined } {
   const appClient = backend === 'memory' ? undefined : server.client()
   const redis = backend === 'memory' ? undefined : server.client()
   const app = Fastify()
-  const h: Harness = { app, redis, lookups: [], handled: 0, answers: new Map() }
   t.after(async () => {
     await app.close()
     appClient?.disconnect()
     redis?.disconnect()
   })
+  return { app, appClient, redis }
+}
+
+async function harness (t: TestContext, backend: Backend, header = 'x-api-key'): Promise<Harness> {
+  const { app, appClient, redis } = appWithClients(t, backend)
+  const h: Harness = { app, redis, lookups: [], handled: 0, answers: new Map() }
   await app.register(fastifyAuthCache, {
     backend,
     redis: appClient,
@@ -410,15 +419,8 @@ interface CredentialHarness {
 }
 
 async function credentialHarness (t: TestContext, backend: 'memory' | 'redis', inner: CredentialSerializer<unknown>): Promise<CredentialHarness> {
-  const appClient = backend === 'memory' ? undefined : server.client()
-  const redis = backend === 'memory' ? undefined : server.client()
+  const { app, appClient, redis } = appWithClients(t, backend)
   const seen: Buffer[] = []
-  const app = Fastify()
-  t.after(async () => {
-    await app.close()
-    appClient?.disconnect()
-    redis?.disconnect()
-  })
   await app.register(fastifyAuthCache, {
     backend,
     redis: appClient,

@@ -63,8 +63,7 @@ export class ApiKeyCache {
     backendErrors: 0
   }
 
-  /** Filled by the hook; kept here so that `stats()` is one snapshot. */
-  readonly rejections: ApiKeyCacheStats['rejections'] = { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0 }
+  private readonly rejections: ApiKeyCacheStats['rejections'] = { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0 }
 
   constructor (options: ApiKeyCacheOptions) {
     this.store = options.store
@@ -102,6 +101,11 @@ export class ApiKeyCache {
 
   clear (): Promise<void> {
     return this.store.clear()
+  }
+
+  /** Called by the hook for each 401, so that `stats()` is one snapshot. */
+  countRejection (reason: keyof ApiKeyCacheStats['rejections']): void {
+    this.rejections[reason]++
   }
 
   stats (): ApiKeyCacheStats {

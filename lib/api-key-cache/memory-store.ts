@@ -26,6 +26,7 @@ export class MemoryApiKeyStore implements ApiKeyStore {
   private readonly removedAt = new Map<string, { removal: number, at: number }>()
 
   constructor (max: number) {
+    // Every write passes its own TTL; the defaults only switch lru-cache's TTL tracking on.
     // ttlResolution 0 reads the clock on each get; the default caches it for 1 ms behind a timer,
     // and under load those timers cost more than the clock reads they save.
     this.records = new LRUCache({ max, ttl: 60_000, ttlResolution: 0 })

@@ -10,8 +10,8 @@ import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type StoreRead } from
 // The stored form of "lookup did not know this key": not a record, so older or foreign
 // readers that ignore it only see a miss.
 const UNKNOWN_JSON = '{"$unknownKey":true}'
-// A larger value under our prefix is junk: parsing it on the request path would cost more
-// than the lookup it saves.
+// A larger value under our prefix is junk: the read script does not even return it, since
+// shipping and parsing it on the request path would cost more than the lookup it saves.
 const MAX_VALUE_LENGTH = 1 << 20
 // A delete bumps the key's generation for this long; a lookup that takes longer than half of it
 // is not cached, so the generation it read can never have expired and reappeared as absent.
@@ -30,13 +30,13 @@ export interface RedisStoreRead extends StoreRead {
   ttlMs: number
 }
 
-export function encodeAnswer (answer: CachedAnswer): string {
+function encodeAnswer (answer: CachedAnswer): string {
   return answer === UNKNOWN_KEY ? UNKNOWN_JSON : JSON.stringify(answer)
 }
 
 /** Anything under our prefix that is not a record we wrote is a miss, never trusted. */
-export function decodeAnswer (raw: string | null | undefined): CachedAnswer | undefined {
-  if (typeof raw !== 'string' || raw.length > MAX_VALUE_LENGTH) return undefined
+function decodeAnswer (raw: string | null): CachedAnswer | undefined {
+  if (raw === null) return undefined
   if (raw === UNKNOWN_JSON) return UNKNOWN_KEY
   try {
     const value: unknown = sjson.parse(raw, undefined, { protoAction: 'remove', constructorAction: 'remove' })

@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
-import type { ApiKeyCache } from '../api-key-cache/api-key-cache'
+import type { ApiKeyCache, ApiKeyCacheStats } from '../api-key-cache/api-key-cache'
 import { UNKNOWN_KEY, type CachedAnswer } from '../api-key-cache/store'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
@@ -32,14 +32,14 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     : missingChallenge
 
   function refuseMissing (request: FastifyRequest, reply: FastifyReply): Error {
-    cache.rejections.missing++
+    cache.countRejection('missing')
     request.log.debug('fastify-auth-cache: refused, no API key')
     reply.header('www-authenticate', missingChallenge)
     return new ApiKeyMissingError()
   }
 
-  function refuseInvalid (request: FastifyRequest, reply: FastifyReply, reason: keyof ApiKeyCache['rejections'], keyHash?: string): Error {
-    cache.rejections[reason]++
+  function refuseInvalid (request: FastifyRequest, reply: FastifyReply, reason: keyof ApiKeyCacheStats['rejections'], keyHash?: string): Error {
+    cache.countRejection(reason)
     request.log.debug({ reason, keyHash }, 'fastify-auth-cache: refused API key')
     reply.header('www-authenticate', invalidChallenge)
     return new ApiKeyInvalidError()

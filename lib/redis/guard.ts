@@ -28,11 +28,6 @@ export class RedisGuard {
     private readonly log: FastifyBaseLogger
   ) {}
 
-  /** False while Redis is being skipped. */
-  get healthy (): boolean {
-    return this.backoffMs === 0
-  }
-
   /** For the request path: fails fast while Redis is skipped. */
   run<T> (operation: () => Promise<T>): Promise<T> {
     let probe = false
