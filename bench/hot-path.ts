@@ -1,14 +1,19 @@
-import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify from 'fastify'
 import Redis from 'ioredis'
-import { setTimeout as sleep } from 'node:timers/promises'
-import fastifyAuthCache, { hashApiKey, type BackendName } from '../lib'
+import { hashApiKey } from '../lib'
+import { createMemoryStore } from '../lib/api-key-cache/memory-store'
+import type { ApiKeyStore } from '../lib/api-key-cache/store'
+import { createTieredStore } from '../lib/api-key-cache/tiered-store'
+import { ioredisAdapter } from '../lib/redis/ioredis-adapter'
+import { RedisGuard } from '../lib/redis/guard'
 import { startRedis } from '../test/helpers/redis-server'
 import { benchKeys } from './keys'
 import { median } from './percentiles'
 
 /**
  * The cost of a cache hit without HTTP around it: `hashApiKey` of the presented key and
- * `ApiKeyCache.resolve` answering from process memory, on one thread.
+ * the store's synchronous `peek` answering from process memory, on one thread (the whole hook,
+ * with Fastify around it, is measured by bench/hook.ts).
  *   npx tsx bench/hot-path.ts            prints a table (starts its own redis-server)
  *   npx tsx bench/hot-path.ts --json URL prints JSON, using the Redis at URL (bench/run.ts)
  */
@@ -42,59 +47,39 @@ function opsPerSecond (operation: (i: number) => void): number {
   return median(rates)
 }
 
-async function cacheFor (backend: BackendName, keys: string[], redisUrl: string): Promise<{ app: FastifyInstance, redis: Redis | undefined }> {
-  const table = new Map(keys.map((key, i) => [hashApiKey(key), { id: `key-${i}`, active: true }]))
-  const redis = backend === 'memory' ? undefined : new Redis(redisUrl)
-  const app = Fastify({ logger: false })
-  await app.register(fastifyAuthCache, {
-    backend,
-    strict: true,
-    ...(redis !== undefined && { redis }),
-    apiKeys: {
-      lookup: (keyHash) => table.get(keyHash) ?? null,
-      ttlSeconds: 3600,
-      max: Math.max(10_000, keys.length * 2),
-      keyPrefix: `bench:hot:${backend}:${keys.length}:`
-    }
-  })
-  await app.ready()
-  const request = { log: app.log } as unknown as FastifyRequest
-  // Tiered copies into process memory only once its invalidation channel is trusted, so keys
-  // are resolved again until every one of them answers synchronously.
-  const deadline = Date.now() + 30_000
-  let pending = keys.map(hashApiKey)
-  while (pending.length > 0) {
-    const loading: string[] = []
-    for (let start = 0; start < pending.length; start += 1000) {
-      const loads: Array<Promise<unknown>> = []
-      for (const hash of pending.slice(start, start + 1000)) {
-        const answer = app.apiKeyCache.resolve(hash, request)
-        if (answer instanceof Promise) {
-          loading.push(hash)
-          loads.push(answer)
-        }
-      }
-      await Promise.all(loads)
-    }
-    if (loading.length > 0) {
-      if (Date.now() > deadline) throw new Error(`${backend}: ${loading.length} keys are not served from process memory`)
-      await sleep(10)
-    }
-    pending = loading
+/** A store of `backend` built from the plugin's internal modules, every key in process memory. */
+async function storeFor (backend: 'memory' | 'tiered', keys: string[], redisUrl: string): Promise<{ store: ApiKeyStore, close: () => Promise<void> }> {
+  const max = Math.max(10_000, keys.length * 2)
+  if (backend === 'memory') {
+    const store = createMemoryStore(max)
+    for (const [i, key] of keys.entries()) await store.set(hashApiKey(key), { id: `key-${i}`, active: true }, 3_600_000)
+    return { store, close: () => store.close() }
   }
-  return { app, redis }
+  const redis = new Redis(redisUrl)
+  const log = Fastify().log
+  const store = createTieredStore({
+    redis: ioredisAdapter(redis),
+    keyPrefix: `bench:hot:${keys.length}:`,
+    max,
+    guard: new RedisGuard(1000, log),
+    log,
+    revocationRetainMs: 60_000
+  })
+  await store.ready(30_000)
+  for (let start = 0; start < keys.length; start += 1000) {
+    await Promise.all(keys.slice(start, start + 1000).map((key, i) =>
+      store.set(hashApiKey(key), { id: `key-${start + i}`, active: true }, 3_600_000)))
+  }
+  return { store, close: async () => { await store.close(); await redis.quit() } }
 }
 
-async function hitRate (label: string, backend: BackendName, keys: string[], redisUrl: string): Promise<HotPathFigure> {
-  const { app, redis } = await cacheFor(backend, keys, redisUrl)
-  const cache = app.apiKeyCache
-  const request = { log: app.log } as unknown as FastifyRequest
+async function hitRate (label: string, backend: 'memory' | 'tiered', keys: string[], redisUrl: string): Promise<HotPathFigure> {
+  const { store, close } = await storeFor(backend, keys, redisUrl)
   let misses = 0
   const rate = opsPerSecond((i) => {
-    if (cache.resolve(hashApiKey(keys[i % keys.length]), request) instanceof Promise) misses++
+    if (store.peek(hashApiKey(keys[i % keys.length])) === undefined) misses++
   })
-  await app.close()
-  await redis?.quit()
+  await close()
   // A miss would measure Redis or lookup, not the hot path.
   if (misses > 0) throw new Error(`${label}: ${misses} lookups missed process memory`)
   return { label, opsPerSecond: rate }
@@ -119,10 +104,10 @@ export async function measureHotPath (redisUrl: string, largeTable: number): Pro
   }
   const figures: HotPathFigure[] = [
     { label: 'hashApiKey alone', opsPerSecond: opsPerSecond((i) => { sink += hashApiKey(small[i % 10]).length }) },
-    await hitRate('hashApiKey + resolve, memory, 10 keys', 'memory', small, redisUrl),
-    await hitRate(`hashApiKey + resolve, memory, ${count(largeTable)} keys`, 'memory', large, redisUrl),
-    await hitRate('hashApiKey + resolve, tiered L1, 10 keys', 'tiered', small, redisUrl),
-    await hitRate(`hashApiKey + resolve, tiered L1, ${count(largeTable)} keys`, 'tiered', large, redisUrl),
+    await hitRate('hashApiKey + peek, memory, 10 keys', 'memory', small, redisUrl),
+    await hitRate(`hashApiKey + peek, memory, ${count(largeTable)} keys`, 'memory', large, redisUrl),
+    await hitRate('hashApiKey + peek, tiered L1, 10 keys', 'tiered', small, redisUrl),
+    await hitRate(`hashApiKey + peek, tiered L1, ${count(largeTable)} keys`, 'tiered', large, redisUrl),
     control(small),
     control(large)
   ]

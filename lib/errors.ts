@@ -1,7 +1,7 @@
 import createError from '@fastify/error'
 
-// 401s and 503s are thrown on the request path; capturing a stack there costs more than
-// the whole cache hit, and the stack would only ever point at this plugin.
+// Errors thrown on the request path skip the stack: capturing one costs more than a whole
+// cache hit, and it would only ever point into this plugin.
 const NO_STACK = false
 
 export const InvalidOptionError = createError<[string, string]>(
@@ -18,6 +18,18 @@ export const ApiKeyInvalidError = createError<[]>(
 
 export const ApiKeyLookupFailedError = createError<[]>(
   'FST_API_KEY_LOOKUP_FAILED', 'API key could not be verified, try again later', 503, Error, NO_STACK)
+
+/** A Redis call did not answer within its bound (`redisTimeoutMs` on the request path, 5 s elsewhere). */
+export const RedisTimeoutError = createError<[number]>(
+  'FST_AUTH_CACHE_REDIS_TIMEOUT', 'Redis did not answer within %d ms', 500, Error, NO_STACK)
+
+/** Redis failed a moment ago and is skipped until its backoff window ends. */
+export const RedisUnavailableError = createError<[]>(
+  'FST_AUTH_CACHE_REDIS_UNAVAILABLE', 'Redis is being skipped after a recent failure', 500, Error, NO_STACK)
+
+/** A revocation reached the master but no replica acknowledged it in time; retry it. */
+export const RevocationNotReplicatedError = createError<[number]>(
+  'FST_AUTH_CACHE_NOT_REPLICATED', 'The revocation was not acknowledged by a replica within %d ms; retry it', 500)
 
 export const CredentialsDeserializeError = createError<[string]>(
   'FST_CREDENTIALS_DESERIALIZE', 'Stored credentials under "%s" could not be deserialized', 500)

@@ -4,18 +4,6 @@ import type { CredentialStore } from './credentials/credential-store'
 import { plugin } from './plugin'
 import type { ApiKeyRecord, Credential } from './types'
 
-/**
- * Declare your own record and credential types once, by declaration merging:
- *
- *     declare module 'fastify-auth-cache' {
- *       interface FastifyAuthCacheTypes {
- *         apiKeyRecord: { id: string, active: boolean, expiresAt?: number, scopes: string[] }
- *         credential: { accessToken: string, refreshToken: string, expiresAt: number }
- *       }
- *     }
- */
-export interface FastifyAuthCacheTypes {}
-
 declare module 'fastify' {
   interface FastifyInstance {
     apiKeyCache: ApiKeyCache
@@ -38,11 +26,11 @@ export { hashApiKey } from './api-keys/hash'
 export { generateApiKey, isWellFormedApiKey, type GeneratedApiKey } from './api-keys/key-format'
 export { jsonSerializer, type CredentialSerializer, type SerializerContext } from './credentials/serializer'
 export { encryptedSerializer, type EncryptionKeys } from './credentials/encrypted-serializer'
-export type { ApiKeyCache, ApiKeyCacheStats, ApiKeyLookup } from './api-key-cache/api-key-cache'
+export type { ApiKeyCache } from './api-key-cache/api-key-cache'
+export type { ApiKeyCacheStats } from './api-key-cache/stats'
 export type { CredentialStore, UpdateOptions } from './credentials/credential-store'
-export type { FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions } from './options'
-export type { RedisClient } from './redis/client'
-export type { ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential } from './types'
+export type { FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions, ApiKeyLookup } from './options'
+export type { FastifyAuthCacheTypes, ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential } from './types'
 export * as errors from './errors'
 
 // CommonJS consumers expect `require('fastify-auth-cache')` to be the plugin itself, with the

@@ -1,80 +1,133 @@
-import type { ApiKeyLookup } from './api-key-cache/api-key-cache'
+import type { FastifyRequest } from 'fastify'
 import { assertKeyPrefix } from './api-keys/key-format'
-import { jsonSerializer, type CredentialSerializer, type SerializerContext } from './credentials/serializer'
+import { jsonSerializer, type SerializerContext } from './credentials/serializer'
 import { InvalidOptionError } from './errors'
-import type { RedisClient } from './redis/client'
-import type { BackendName, Credential } from './types'
+import type { ApiKeyRecord, BackendName, Credential } from './types'
+
+/** The source of truth behind the cache, asked with the key's SHA-256, never the key. */
+export type ApiKeyLookup = (keyHash: string, request: FastifyRequest) =>
+  ApiKeyRecord | null | undefined | Promise<ApiKeyRecord | null | undefined>
 
 export interface ApiKeysOptions {
-  /** Source of truth: the record for a key hash, or null/undefined for an unknown key. Required when `hook` is true. */
+  /**
+   * Source of truth: resolves the record for a key hash, or `null`/`undefined` for an unknown
+   * key. Throwing, rejecting or answering anything else is a 503. Required when `hook` is true.
+   */
   lookup?: ApiKeyLookup
-  /** Header carrying the key; 'authorization' means `Authorization: Bearer <key>`. Default 'x-api-key'. */
+  /**
+   * Header carrying the key, case-insensitive. `'authorization'` means
+   * `Authorization: Bearer <key>` (scheme case-insensitive).
+   * @default 'x-api-key'
+   */
   header?: string
-  /** Lifetime of a cached record; <= 0 caches nothing. Default 60. */
+  /**
+   * Seconds a record is cached, capped by the time left to its `expiresAt`. `<= 0` caches no record.
+   * @default 60
+   */
   ttlSeconds?: number
-  /** Lifetime of a cached unknown key; <= 0 caches none. Default 5. */
+  /**
+   * Seconds an unknown (or expired) key is cached. `<= 0` caches none.
+   * @default 5
+   */
   negativeTtlSeconds?: number
-  /** Redis key prefix. Default 'apikey:'. */
+  /**
+   * Prefix of every Redis key of the API-key cache (after the client's own `keyPrefix`).
+   * @default 'apikey:'
+   */
   keyPrefix?: string
-  /** Entries held in process memory (memory backend, tiered L1). Default 10000. */
+  /**
+   * Entries held in process memory (memory backend, tiered L1), for records and for unknown
+   * keys each, so a flood of random keys can only evict other unknown keys.
+   * @default 10000
+   */
   max?: number
-  /** Add the `onRequest` authentication hook. Default true. */
+  /**
+   * Add the `onRequest` hook that authenticates every route. With `false`, call
+   * `fastify.verifyApiKey` where you want the check.
+   * @default true
+   */
   hook?: boolean
-  /** Realm in `WWW-Authenticate`. Default 'api'. */
+  /**
+   * Realm in `WWW-Authenticate`.
+   * @default 'api'
+   */
   realm?: string
-  /** Only keys made by `generateApiKey({ prefix })` reach the cache or `lookup`. */
+  /**
+   * `{ prefix }`: only keys made by `generateApiKey({ prefix })` (prefix, length, alphabet and
+   * checksum) reach the cache or `lookup`; any other key is a 401 that costs no I/O.
+   * @default undefined (any key)
+   */
   format?: { prefix: string }
 }
 
 export interface CredentialsOptions<T = Credential> {
-  /** The key of `fastify.credentialStore`. Default 'default'. */
+  /**
+   * The key of `fastify.credentialStore`; `scope(key)` makes stores for others.
+   * @default 'default'
+   */
   key?: string
-  /** Redis key prefix. Default 'credentials:'. */
+  /**
+   * Prefix of every Redis key of the credential store, its locks included.
+   * @default 'credentials:'
+   */
   keyPrefix?: string
+  /**
+   * Value to bytes. `ctx.key` is the full storage key.
+   * @default jsonSerializer.serialize
+   */
   serialize?: (value: T, ctx: SerializerContext) => string | Buffer | Promise<string | Buffer>
+  /**
+   * Bytes to value; must never run code found in the bytes.
+   * @default jsonSerializer.deserialize (JSON with prototype-poisoning protection)
+   */
   deserialize?: (raw: Buffer, ctx: SerializerContext) => T | Promise<T>
-  /** Expiry of saved credentials; none by default. */
+  /**
+   * Seconds a saved credential lives.
+   * @default undefined (no expiry)
+   */
   ttlSeconds?: number
-  /** Default: the plugin's backend ('tiered' means 'redis'). */
+  /**
+   * Backend of the credential store.
+   * @default the plugin's `backend` ('tiered' stores in Redis)
+   */
   backend?: BackendName
 }
 
 export interface FastifyAuthCacheOptions {
-  /** Default 'memory'. */
+  /**
+   * Where cached answers and credentials live: process memory, Redis, or memory in front of
+   * Redis with cross-process invalidation.
+   * @default 'memory'
+   */
   backend?: BackendName
-  /** An @fastify/redis namespace, or an ioredis Redis/Cluster. Default: `fastify.redis`. */
-  redis?: string | RedisClient
-  /** Fail at `ready()` instead of falling back to memory when Redis is missing. Default false. */
+  /**
+   * An `@fastify/redis` namespace, or an ioredis `Redis`/`Cluster` client. Never closed by the plugin.
+   * @default fastify.redis
+   */
+  redis?: string | object
+  /**
+   * With `true`, `ready()` fails with FST_AUTH_CACHE_NO_REDIS instead of falling back to memory
+   * when `backend` needs Redis and there is no client.
+   * @default false
+   */
   strict?: boolean
-  /** Bound on every Redis call made on the request path. Default 100. */
+  /**
+   * Milliseconds every Redis call on the request path may take before the request goes on to `lookup`.
+   * @default 100
+   */
   redisTimeoutMs?: number
   apiKeys?: ApiKeysOptions
   credentials?: CredentialsOptions
 }
 
+/** Every option with its default applied, as the rest of the plugin reads them. */
 export interface ResolvedOptions {
   backend: BackendName
-  redis: string | RedisClient | undefined
+  redis: FastifyAuthCacheOptions['redis']
   strict: boolean
   redisTimeoutMs: number
-  apiKeys: {
-    lookup: ApiKeyLookup | undefined
-    header: string
-    ttlSeconds: number
-    negativeTtlSeconds: number
-    keyPrefix: string
-    max: number
-    hook: boolean
-    realm: string
-    formatPrefix: string | undefined
-  }
-  credentials: {
-    key: string
-    keyPrefix: string
-    serializer: CredentialSerializer<any>
-    ttlSeconds: number | undefined
-    backend: BackendName | undefined
-  }
+  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format'>> & Pick<ApiKeysOptions, 'lookup' | 'format'>
+  credentials: Required<Omit<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>> & Pick<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>
 }
 
 const BACKENDS: readonly BackendName[] = ['memory', 'redis', 'tiered']
@@ -82,80 +135,70 @@ const BACKENDS: readonly BackendName[] = ['memory', 'redis', 'tiered']
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const QUOTED_SAFE = /^[^"\\\u0000-\u001f\u007f]*$/ // eslint-disable-line no-control-regex
 
+type Check = (value: unknown) => boolean
+const isNumber: Check = (v) => typeof v === 'number' && Number.isFinite(v)
+const isPositive: Check = (v) => isNumber(v) && (v as number) > 0
+const isBoolean: Check = (v) => typeof v === 'boolean'
+const isString: Check = (v) => typeof v === 'string'
+const isFunction: Check = (v) => typeof v === 'function'
+const isBackend: Check = (v) => BACKENDS.includes(v as BackendName)
+const BACKEND_WHY = `must be one of ${BACKENDS.join(', ')}`
+
 function fail (name: string, why: string): never {
   throw new InvalidOptionError(name, why)
 }
 
-function object<T> (value: T | undefined, name: string): Partial<T> {
+function object<T extends object> (value: T | undefined, name: string): Partial<T> {
   if (value === undefined) return {}
   if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(name, 'must be an object')
   return value
 }
 
-function optional<T> (value: unknown, fallback: T, name: string, check: (v: unknown) => boolean, why: string): T {
+function option<T> (value: unknown, fallback: T, name: string, check: Check, why: string): T {
   if (value === undefined) return fallback
   if (!check(value)) fail(name, why)
   return value as T
 }
 
-const isNumber = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v)
-const isBoolean = (v: unknown): boolean => typeof v === 'boolean'
-const isString = (v: unknown): boolean => typeof v === 'string'
-const isFunction = (v: unknown): boolean => typeof v === 'function'
-
 /** Validates everything at registration, so a bad option fails `ready()` and never a request. */
 export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
   const options = object(raw, 'options')
-  const backend = optional<BackendName>(options.backend, 'memory', 'backend',
-    (v) => BACKENDS.includes(v as BackendName), `must be one of ${BACKENDS.join(', ')}`)
-  const redis = options.redis
-  if (redis !== undefined && typeof redis !== 'string' && (typeof redis !== 'object' || redis === null)) {
-    fail('redis', 'must be an @fastify/redis namespace or an ioredis client')
+  if (options.redis !== undefined && typeof options.redis !== 'string' && (typeof options.redis !== 'object' || options.redis === null)) {
+    fail('redis', 'must be an @fastify/redis namespace or a Redis client')
   }
-  const redisTimeoutMs = optional(options.redisTimeoutMs, 100, 'redisTimeoutMs',
-    (v) => isNumber(v) && (v as number) > 0, 'must be a positive number of milliseconds')
 
   const apiKeys = object(options.apiKeys, 'apiKeys')
-  const hook = optional(apiKeys.hook, true, 'apiKeys.hook', isBoolean, 'must be a boolean')
-  const lookup = optional<ApiKeyLookup | undefined>(apiKeys.lookup, undefined, 'apiKeys.lookup', isFunction, 'must be a function')
+  const hook = option(apiKeys.hook, true, 'apiKeys.hook', isBoolean, 'must be a boolean')
+  const lookup = option<ApiKeyLookup | undefined>(apiKeys.lookup, undefined, 'apiKeys.lookup', isFunction, 'must be a function')
   if (hook && lookup === undefined) fail('apiKeys.lookup', 'is required when apiKeys.hook is true')
-  const header = optional(apiKeys.header, 'x-api-key', 'apiKeys.header',
-    (v) => isString(v) && HEADER_NAME.test(v as string), 'must be a header name').toLowerCase()
-  const format = object(apiKeys.format, 'apiKeys.format')
-  if (apiKeys.format !== undefined) assertKeyPrefix(format.prefix, 'apiKeys.format.prefix')
+  if (apiKeys.format !== undefined) assertKeyPrefix(object(apiKeys.format, 'apiKeys.format').prefix, 'apiKeys.format.prefix')
 
   const credentials = object(options.credentials, 'credentials')
-  const credentialKey = optional(credentials.key, 'default', 'credentials.key',
-    (v) => isString(v) && (v as string).length > 0, 'must be a non-empty string')
-  const serialize = optional(credentials.serialize, jsonSerializer.serialize, 'credentials.serialize', isFunction, 'must be a function')
-  const deserialize = optional(credentials.deserialize, jsonSerializer.deserialize, 'credentials.deserialize', isFunction, 'must be a function')
-
   return {
-    backend,
-    redis,
-    strict: optional(options.strict, false, 'strict', isBoolean, 'must be a boolean'),
-    redisTimeoutMs,
+    backend: option(options.backend, 'memory', 'backend', isBackend, BACKEND_WHY),
+    redis: options.redis,
+    strict: option(options.strict, false, 'strict', isBoolean, 'must be a boolean'),
+    redisTimeoutMs: option(options.redisTimeoutMs, 100, 'redisTimeoutMs', isPositive, 'must be a positive number of milliseconds'),
     apiKeys: {
       lookup,
-      header,
-      ttlSeconds: optional(apiKeys.ttlSeconds, 60, 'apiKeys.ttlSeconds', isNumber, 'must be a number of seconds'),
-      negativeTtlSeconds: optional(apiKeys.negativeTtlSeconds, 5, 'apiKeys.negativeTtlSeconds', isNumber, 'must be a number of seconds'),
-      keyPrefix: optional(apiKeys.keyPrefix, 'apikey:', 'apiKeys.keyPrefix', isString, 'must be a string'),
-      max: optional(apiKeys.max, 10_000, 'apiKeys.max',
-        (v) => Number.isInteger(v) && (v as number) > 0, 'must be a positive integer'),
+      header: option(apiKeys.header, 'x-api-key', 'apiKeys.header',
+        (v) => isString(v) && HEADER_NAME.test(v as string), 'must be a header name').toLowerCase(),
+      ttlSeconds: option(apiKeys.ttlSeconds, 60, 'apiKeys.ttlSeconds', isNumber, 'must be a number of seconds'),
+      negativeTtlSeconds: option(apiKeys.negativeTtlSeconds, 5, 'apiKeys.negativeTtlSeconds', isNumber, 'must be a number of seconds'),
+      keyPrefix: option(apiKeys.keyPrefix, 'apikey:', 'apiKeys.keyPrefix', isString, 'must be a string'),
+      max: option(apiKeys.max, 10_000, 'apiKeys.max', (v) => Number.isInteger(v) && (v as number) > 0, 'must be a positive integer'),
       hook,
-      realm: optional(apiKeys.realm, 'api', 'apiKeys.realm',
+      realm: option(apiKeys.realm, 'api', 'apiKeys.realm',
         (v) => isString(v) && QUOTED_SAFE.test(v as string), 'must be a string without quotes, backslashes or control characters'),
-      formatPrefix: format.prefix
+      format: apiKeys.format
     },
     credentials: {
-      key: credentialKey,
-      keyPrefix: optional(credentials.keyPrefix, 'credentials:', 'credentials.keyPrefix', isString, 'must be a string'),
-      serializer: { serialize, deserialize },
-      ttlSeconds: optional<number | undefined>(credentials.ttlSeconds, undefined, 'credentials.ttlSeconds',
-        (v) => isNumber(v) && (v as number) > 0, 'must be a positive number of seconds'),
-      backend: optional<BackendName | undefined>(credentials.backend, undefined, 'credentials.backend',
-        (v) => BACKENDS.includes(v as BackendName), `must be one of ${BACKENDS.join(', ')}`)
+      key: option(credentials.key, 'default', 'credentials.key', (v) => isString(v) && (v as string).length > 0, 'must be a non-empty string'),
+      keyPrefix: option(credentials.keyPrefix, 'credentials:', 'credentials.keyPrefix', isString, 'must be a string'),
+      serialize: option(credentials.serialize, jsonSerializer.serialize, 'credentials.serialize', isFunction, 'must be a function'),
+      deserialize: option(credentials.deserialize, jsonSerializer.deserialize, 'credentials.deserialize', isFunction, 'must be a function'),
+      ttlSeconds: option<number | undefined>(credentials.ttlSeconds, undefined, 'credentials.ttlSeconds', isPositive, 'must be a positive number of seconds'),
+      backend: option<BackendName | undefined>(credentials.backend, undefined, 'credentials.backend', isBackend, BACKEND_WHY)
     }
   }
 }

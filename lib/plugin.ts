@@ -1,107 +1,107 @@
-import { randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
-import { ApiKeyCache } from './api-key-cache/api-key-cache'
-import { InvalidationBus } from './api-key-cache/invalidation-bus'
-import { MemoryApiKeyStore } from './api-key-cache/memory-store'
+import { createApiKeyCache } from './api-key-cache/api-key-cache'
+import { createMemoryStore } from './api-key-cache/memory-store'
 import { RedisApiKeyStore } from './api-key-cache/redis-store'
+import { Resolver } from './api-key-cache/resolver'
+import { createCounters } from './api-key-cache/stats'
 import type { ApiKeyStore } from './api-key-cache/store'
-import { TieredApiKeyStore } from './api-key-cache/tiered-store'
-import type { CredentialByteStore } from './credentials/byte-store'
-import { CredentialStore } from './credentials/credential-store'
+import { createTieredStore } from './api-key-cache/tiered-store'
+import { createCredentialStore } from './credentials/credential-store'
 import { KeyedMutex } from './credentials/keyed-mutex'
 import { MemoryCredentialByteStore } from './credentials/memory-byte-store'
 import { RedisCredentialByteStore } from './credentials/redis-byte-store'
 import { InvalidOptionError, NoRedisError } from './errors'
 import { createAuthenticator } from './hook/authenticate'
+import { prepareRoute } from './hook/route-settings'
+import { FILL_WINDOW_MS } from './limits'
 import { resolveOptions, type FastifyAuthCacheOptions, type ResolvedOptions } from './options'
-import { clientKeyPrefix, isRedisClient, type RedisClient } from './redis/client'
+import { adaptRedis } from './redis/adapt'
+import type { RedisAdapter } from './redis/client'
 import { RedisGuard } from './redis/guard'
-import type { BackendName } from './types'
 
-/** The client named by the `redis` option, or `fastify.redis`; undefined when there is none. */
-function findRedis (fastify: FastifyInstance, wanted: ResolvedOptions['redis']): RedisClient | undefined {
-  if (typeof wanted === 'object') {
-    if (!isRedisClient(wanted)) throw new InvalidOptionError('redis', 'is not an ioredis Redis or Cluster client')
-    return wanted
-  }
-  const decorated = (fastify as unknown as { redis?: Record<string, unknown> }).redis
-  const candidate = typeof wanted === 'string' ? decorated?.[wanted] : decorated
-  return isRedisClient(candidate) ? candidate : undefined
+// `app.ready()` waits this long at most for the tiered backend to be able to serve from memory.
+const STARTUP_WAIT_MS = 2000
+
+/** Without `lookup` (allowed with `hook: false`), keys that are not cached cannot be verified: a 503. */
+function noLookup (): never {
+  throw new Error('no apiKeys.lookup was given')
 }
 
-function buildApiKeyStore (backend: BackendName, options: ResolvedOptions, client: RedisClient | undefined,
-  guard: RedisGuard | undefined, fastify: FastifyInstance): ApiKeyStore {
-  const { keyPrefix, max } = options.apiKeys
-  if (backend === 'memory') return new MemoryApiKeyStore(max)
-  const shared = { client: client!, keyPrefix, guard: guard!, log: fastify.log }
-  if (backend === 'redis') return new RedisApiKeyStore(shared)
-
-  const instanceId = randomBytes(8).toString('hex')
-  // Channels ignore ioredis' keyPrefix, so it is part of the name: apps with different
-  // prefixes on one Redis must not invalidate each other.
-  const channel = `fastify-auth-cache:invalidate:${clientKeyPrefix(client!)}${keyPrefix}`
-  const tiered = new TieredApiKeyStore(max, new RedisApiKeyStore({ ...shared, channel, instanceId }))
-  const bus = new InvalidationBus({
-    client: client!,
-    channel,
-    instanceId,
-    guard: guard!,
-    log: fastify.log,
-    handlers: {
-      deleted: (keyHash) => tiered.invalidated(keyHash),
-      cleared: () => tiered.invalidated(undefined),
-      trustChanged: () => tiered.invalidated(undefined)
-    }
-  })
-  tiered.attach(bus)
-  bus.start()
-  return tiered
+/** The client named by the `redis` option, or `fastify.redis`; undefined when there is none. */
+function findRedis (fastify: FastifyInstance, wanted: ResolvedOptions['redis']): RedisAdapter | undefined {
+  if (typeof wanted === 'object') {
+    const adapter = adaptRedis(wanted)
+    if (adapter === undefined) throw new InvalidOptionError('redis', 'is not a supported Redis client (ioredis or iovalkey Redis or Cluster)')
+    return adapter
+  }
+  const decorated = (fastify as unknown as { redis?: Record<string, unknown> }).redis
+  return adaptRedis(typeof wanted === 'string' ? decorated?.[wanted] : decorated)
 }
 
 const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fastify, rawOptions) => {
   const options = resolveOptions(rawOptions)
-  const client = findRedis(fastify, options.redis)
+  const { apiKeys } = options
+  const redis = findRedis(fastify, options.redis)
 
   let backend = options.backend
   let credentialsBackend = options.credentials.backend ?? backend
-  if (client === undefined && (backend !== 'memory' || credentialsBackend !== 'memory')) {
+  if (redis === undefined && (backend !== 'memory' || credentialsBackend !== 'memory')) {
     const wanted = backend !== 'memory' ? backend : credentialsBackend
     if (options.strict) throw new NoRedisError(wanted)
     fastify.log.warn(`fastify-auth-cache: backend "${wanted}" needs Redis but no client was found (redis option or @fastify/redis); falling back to memory`)
     backend = credentialsBackend = 'memory'
   }
 
-  const guard = client === undefined ? undefined : new RedisGuard(options.redisTimeoutMs, fastify.log)
-  const cache = new ApiKeyCache({
-    store: buildApiKeyStore(backend, options, client, guard, fastify),
-    lookup: options.apiKeys.lookup,
-    ttlSeconds: options.apiKeys.ttlSeconds,
-    negativeTtlSeconds: options.apiKeys.negativeTtlSeconds,
-    log: fastify.log
-  })
-  fastify.addHook('onClose', () => cache.close())
+  const guard = new RedisGuard(options.redisTimeoutMs, fastify.log)
+  const redisSettings = {
+    redis: redis!,
+    keyPrefix: apiKeys.keyPrefix,
+    max: apiKeys.max,
+    guard,
+    log: fastify.log,
+    // The longest an entry written before a revocation can live in Redis: its TTL, after a claim
+    // that may have waited for its lookup.
+    revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + FILL_WINDOW_MS
+  }
+  let store: ApiKeyStore
+  if (backend === 'memory') {
+    store = createMemoryStore(apiKeys.max)
+  } else if (backend === 'redis') {
+    store = new RedisApiKeyStore(redisSettings)
+  } else {
+    const tiered = createTieredStore(redisSettings)
+    store = tiered
+    // The first requests of a new process should be memory hits, not Redis reads.
+    await tiered.ready(STARTUP_WAIT_MS)
+  }
+  fastify.addHook('onClose', () => store.close())
+
+  const counters = createCounters()
+  fastify.decorate('apiKeyCache', createApiKeyCache(store, counters))
+  fastify.decorateRequest('apiKey', null as never)
 
   const authenticator = createAuthenticator({
-    cache,
-    header: options.apiKeys.header,
-    realm: options.apiKeys.realm,
-    formatPrefix: options.apiKeys.formatPrefix
+    resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store, counters, log: fastify.log }),
+    counters,
+    header: apiKeys.header,
+    realm: apiKeys.realm,
+    formatPrefix: apiKeys.format?.prefix
   })
-  fastify.decorate('apiKeyCache', cache)
   fastify.decorate('verifyApiKey', authenticator.verify)
-  fastify.decorateRequest('apiKey', null as never)
-  if (options.apiKeys.hook) fastify.addHook('onRequest', authenticator.hook)
+  if (apiKeys.hook) {
+    fastify.addHook('onRoute', prepareRoute)
+    fastify.addHook('onRequest', authenticator.hook)
+  }
 
-  const bytes: CredentialByteStore = credentialsBackend === 'memory'
-    ? new MemoryCredentialByteStore()
-    : new RedisCredentialByteStore(client!, guard!)
-  fastify.decorate('credentialStore', new CredentialStore({
-    bytes,
+  fastify.decorate('credentialStore', createCredentialStore({
+    bytes: credentialsBackend === 'memory'
+      ? new MemoryCredentialByteStore()
+      : new RedisCredentialByteStore(redis!, guard, options.credentials.keyPrefix),
     mutex: new KeyedMutex(),
     keyPrefix: options.credentials.keyPrefix,
     key: options.credentials.key,
-    serializer: options.credentials.serializer,
+    serializer: options.credentials,
     ttlSeconds: options.credentials.ttlSeconds
   }))
 }

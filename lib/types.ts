@@ -1,4 +1,14 @@
-import type { FastifyAuthCacheTypes } from './index'
+/**
+ * Declare your own record and credential types once, by declaration merging:
+ *
+ *     declare module 'fastify-auth-cache' {
+ *       interface FastifyAuthCacheTypes {
+ *         apiKeyRecord: { id: string, active: boolean, expiresAt?: number, scopes: string[] }
+ *         credential: { accessToken: string, refreshToken: string, expiresAt: number }
+ *       }
+ *     }
+ */
+export interface FastifyAuthCacheTypes {}
 
 /** What `lookup` answers for a known key. Any other JSON properties are kept as they are. */
 export interface BaseApiKeyRecord {

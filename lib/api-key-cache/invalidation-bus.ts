@@ -1,147 +1,206 @@
+import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import { isCluster, type RedisClient } from '../redis/client'
+import type { RedisAdapter, RedisSubscriber } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 
+/**
+ * The tiered backend's invalidation channel, its whole protocol in one place.
+ *
+ * Messages are `<kind>:<instance>[:<payload>]`, published by the process that changed something
+ * and acted on by every other process (each ignores its own):
+ * - `d:<instance>:<keyHash>`: an API key's entry was deleted;
+ * - `c:<instance>`: the API-key prefix was cleared.
+ *
+ * Pub/sub drops what is published while a subscriber is away, so the bus is trusted only while
+ * it can show that it hears the channel: every HEARTBEAT_MS the process publishes a heartbeat
+ * on a channel of its own, which its subscriber connection (subscribed to both channels at once)
+ * must hear within DEADLINE_MS. That proves the whole path a revocation takes, publisher to
+ * Redis (and across a Cluster's bus) to subscriber. A lost connection or a late echo makes it
+ * untrusted at once; the next echo on a connection whose subscription was acknowledged makes it
+ * trusted again. Each process hears only its own heartbeats, so what an idle process costs
+ * Redis does not grow with the number of processes.
+ */
+
+export type InvalidationKind = 'delete' | 'clear'
+
+export interface InvalidationMessage {
+  kind: InvalidationKind
+  instance: string
+  /** The key hash of a delete. */
+  payload?: string
+}
+
+const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c' }
+const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear' }
+
+export function encodeMessage (message: InvalidationMessage): string {
+  const head = `${CODES[message.kind]}:${message.instance}`
+  return message.payload === undefined ? head : `${head}:${message.payload}`
+}
+
+/** Undefined for anything that is not a message of this protocol. */
+export function parseMessage (text: string): InvalidationMessage | undefined {
+  const kind = KINDS[text.charAt(0)]
+  if (kind === undefined || text.charAt(1) !== ':') return undefined
+  const end = text.indexOf(':', 2)
+  const instance = end === -1 ? text.slice(2) : text.slice(2, end)
+  if (instance.length === 0) return undefined
+  if (kind === 'delete') {
+    const payload = end === -1 ? '' : text.slice(end + 1)
+    return payload.length === 0 ? undefined : { kind, instance, payload }
+  }
+  return end === -1 ? { kind, instance } : undefined
+}
+
+/** Channels ignore the client's keyPrefix, so it is part of the name: apps with other prefixes never hear each other. */
+export function channelName (redis: RedisAdapter, keyPrefix: string): string {
+  return `fastify-auth-cache:invalidate:${redis.keyPrefix}${keyPrefix}`
+}
+
 export interface InvalidationHandlers {
-  /** Another process deleted this hash. */
-  deleted (keyHash: string): void
-  /** Another process cleared the prefix. */
-  cleared (): void
-  /** The bus starts or stops being able to vouch that no message was missed. */
+  /** Another process invalidated something. */
+  invalidated (message: InvalidationMessage): void
+  /** The bus starts or stops vouching that no message was missed. */
   trustChanged (trusted: boolean): void
 }
 
 export interface InvalidationBusOptions {
-  client: RedisClient
+  redis: RedisAdapter
   channel: string
-  instanceId: string
   guard: RedisGuard
   log: FastifyBaseLogger
   handlers: InvalidationHandlers
-  heartbeatIntervalMs?: number
-  heartbeatDeadlineMs?: number
 }
 
-/**
- * Receives invalidations on a dedicated subscriber connection. Pub/sub drops what is published
- * while a subscriber is away, so the bus is only trusted while it can show that it hears the
- * channel: each process publishes a heartbeat and must hear its own echo within a deadline.
- * A closed connection or a missed echo makes it untrusted at once; the next echo heard makes
- * it trusted again. Both transitions are reported, and the tiered store flushes on each.
- */
+/** The channel of one process's heartbeats. */
+export function heartbeatChannel (instance: string): string {
+  return `fastify-auth-cache:heartbeat:${instance}`
+}
+
+export const HEARTBEAT_MS = 300
+export const DEADLINE_MS = 900
+const CLOSE_TIMEOUT_MS = 1000
+
 export class InvalidationBus {
-  private readonly subscriber: RedisClient
-  private readonly options: InvalidationBusOptions
-  private trustedNow = false
-  private lastEcho = 0
-  private timer: NodeJS.Timeout | undefined
-  private closed = false
+  /** Identifies this process in its messages, so that it can ignore its own. */
+  readonly instance = randomBytes(8).toString('hex')
+  readonly channel: string
+  readonly #heartbeatChannel = heartbeatChannel(this.instance)
+  /** Invalidations received from other processes. */
   received = 0
+  readonly #log: FastifyBaseLogger
+  readonly #handlers: InvalidationHandlers
+  readonly #redis: RedisAdapter
+  readonly #guard: RedisGuard
+  readonly #subscriber: RedisSubscriber
+  // Bumped on every lost connection, so that an acknowledgement from before the loss is not
+  // taken for one from after it.
+  #connection = 0
+  #subscribed = false
+  #trusted = false
+  #lastEcho = 0
+  #timer: NodeJS.Timeout | undefined
+  #closed = false
+  #waiters: Array<() => void> = []
 
   constructor (options: InvalidationBusOptions) {
-    this.options = options
-    const override = {
-      lazyConnect: false,
-      enableOfflineQueue: true,
-      maxRetriesPerRequest: null,
-      connectionName: 'fastify-auth-cache:invalidations'
-    }
-    // Cluster.duplicate takes the startup nodes first.
-    this.subscriber = isCluster(options.client)
-      ? (options.client.duplicate as unknown as (nodes: unknown[], o: object) => RedisClient)([], { redisOptions: override })
-      : options.client.duplicate({ ...override, retryStrategy: (times: number) => Math.min(times * 50, 500) })
-    this.subscriber.on('message', this.onMessage)
-    this.subscriber.on('close', this.onDisconnect)
-    this.subscriber.on('end', this.onDisconnect)
-    this.subscriber.on('ready', this.onReady)
-    this.subscriber.on('error', this.onError)
-  }
-
-  get trusted (): boolean {
-    return this.trustedNow
-  }
-
-  start (): void {
-    const interval = this.options.heartbeatIntervalMs ?? 300
-    this.timer = setInterval(this.heartbeat, interval)
-    this.timer.unref()
-    this.subscribe()
-  }
-
-  private subscribe (): void {
-    this.subscriber.subscribe(this.options.channel).then(this.heartbeat, (err: unknown) => {
-      this.options.log.debug({ err }, 'fastify-auth-cache: subscribing to invalidations failed')
+    this.channel = options.channel
+    this.#log = options.log
+    this.#handlers = options.handlers
+    this.#redis = options.redis
+    this.#guard = options.guard
+    this.#subscriber = options.redis.subscriber('fastify-auth-cache:invalidations', {
+      message: (channel, text) => this.#onMessage(channel, text),
+      ready: () => this.#subscribe(),
+      lost: () => this.#lost()
     })
   }
 
-  private readonly onReady = (): void => {
-    this.subscribe()
+  get trusted (): boolean {
+    return this.#trusted
   }
 
-  private readonly onError = (err: unknown): void => {
-    // ioredis reconnects by itself; without a listener the error would crash the process.
-    this.options.log.debug({ err }, 'fastify-auth-cache: invalidation connection error')
+  /** The text of a message from this process. */
+  message (kind: InvalidationKind, payload?: string): string {
+    return encodeMessage({ kind, instance: this.instance, payload })
   }
 
-  private readonly onDisconnect = (): void => {
-    this.setTrusted(false)
+  start (): void {
+    this.#timer = setInterval(() => this.#heartbeat(), HEARTBEAT_MS)
+    this.#timer.unref()
+    this.#subscribe()
   }
 
-  private readonly heartbeat = (): void => {
-    if (this.closed) return
-    const deadline = this.options.heartbeatDeadlineMs ?? 900
-    if (this.trustedNow && performance.now() - this.lastEcho > deadline) {
-      this.options.log.warn('fastify-auth-cache: invalidation heartbeat missed; process memory is bypassed until it is heard again')
-      this.setTrusted(false)
+  /** Resolves once the bus is trusted, or after `timeoutMs`, whichever comes first. */
+  whenTrusted (timeoutMs: number): Promise<void> {
+    if (this.#trusted) return Promise.resolve()
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, timeoutMs)
+      const waiters = this.#waiters
+      function done (): void {
+        clearTimeout(timer)
+        const at = waiters.indexOf(done)
+        if (at !== -1) waiters.splice(at, 1)
+        resolve()
+      }
+      waiters.push(done)
+    })
+  }
+
+  #subscribe (): void {
+    const connection = this.#connection
+    this.#subscriber.subscribe([this.channel, this.#heartbeatChannel]).then(() => {
+      if (connection !== this.#connection || this.#closed) return
+      this.#subscribed = true
+      this.#heartbeat()
+    }, (err: unknown) => {
+      this.#log.warn({ err }, 'fastify-auth-cache: subscribing to invalidations failed; process memory is bypassed')
+    })
+  }
+
+  #lost (): void {
+    this.#connection++
+    this.#subscribed = false
+    this.#setTrusted(false)
+  }
+
+  #heartbeat (): void {
+    if (this.#closed) return
+    if (this.#trusted && performance.now() - this.#lastEcho > DEADLINE_MS) {
+      this.#log.warn('fastify-auth-cache: invalidation heartbeat missed; process memory is bypassed until it is heard again')
+      this.#setTrusted(false)
     }
-    const { client, channel, instanceId, guard } = this.options
-    guard.bounded(() => client.publish(channel, `h:${instanceId}`)).catch(() => {
+    this.#guard.offPath(() => this.#redis.publish(this.#heartbeatChannel, 'h')).catch(() => {
       // A failed publish shows up as a missed echo; the deadline above handles it.
     })
   }
 
-  private readonly onMessage = (channel: string, message: string): void => {
-    if (channel !== this.options.channel) return
-    const { instanceId, handlers } = this.options
-    const kind = message.charCodeAt(0)
-    // Messages are `h:<instance>`, `c:<instance>` and `d:<instance>:<hash>`.
-    const end = message.indexOf(':', 2)
-    const own = (end === -1 ? message.slice(2) : message.slice(2, end)) === instanceId
-    if (kind === 104 /* h */) {
-      if (own) {
-        this.lastEcho = performance.now()
-        this.setTrusted(true)
-      }
+  #onMessage (channel: string, text: string): void {
+    if (channel === this.#heartbeatChannel) {
+      if (!this.#subscribed) return
+      this.#lastEcho = performance.now()
+      this.#setTrusted(true)
       return
     }
-    if (own) return
-    if (kind === 100 /* d */) {
-      this.received++
-      handlers.deleted(message.slice(end + 1))
-    } else if (kind === 99 /* c */) {
-      this.received++
-      handlers.cleared()
-    }
+    if (channel !== this.channel) return
+    const message = parseMessage(text)
+    if (message === undefined || message.instance === this.instance) return
+    this.received++
+    this.#handlers.invalidated(message)
   }
 
-  private setTrusted (trusted: boolean): void {
-    if (this.trustedNow === trusted || (trusted && this.closed)) return
-    this.trustedNow = trusted
-    this.options.handlers.trustChanged(trusted)
+  #setTrusted (trusted: boolean): void {
+    if (this.#trusted === trusted || (trusted && this.#closed)) return
+    this.#trusted = trusted
+    this.#handlers.trustChanged(trusted)
+    if (trusted) for (const resolve of [...this.#waiters]) resolve()
   }
 
   async close (): Promise<void> {
-    this.closed = true
-    this.setTrusted(false)
-    if (this.timer) clearInterval(this.timer)
-    this.subscriber.removeListener('close', this.onDisconnect)
-    this.subscriber.removeListener('end', this.onDisconnect)
-    this.subscriber.removeListener('ready', this.onReady)
-    try {
-      // While Redis is unreachable, QUIT waits behind the queued SUBSCRIBE for ever: bound it.
-      await this.options.guard.bounded(() => this.subscriber.quit(), 1000)
-    } catch {
-      this.subscriber.disconnect()
-    }
+    this.#closed = true
+    this.#lost()
+    if (this.#timer) clearInterval(this.#timer)
+    for (const resolve of [...this.#waiters]) resolve()
+    await this.#subscriber.close(CLOSE_TIMEOUT_MS)
   }
 }

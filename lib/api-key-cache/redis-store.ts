@@ -1,11 +1,15 @@
-import sjson from 'secure-json-parse'
+import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
+import sjson from 'secure-json-parse'
 import { isApiKeyRecord } from '../api-keys/record'
+import { RevocationNotReplicatedError } from '../errors'
+import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
-import { clientKeyPrefix, defineScript, type RedisClient } from '../redis/client'
+import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { DELETE_RECORD, FILL_RECORD, READ_RECORD, slotSibling } from '../redis/scripts'
-import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type StoreRead } from './store'
+import { CLAIM_MARK, DELETE_IF_HELD, DELETE_RECORD, FILL_RECORD, READ_RECORD } from '../redis/scripts'
+import { RevocationLog } from './revocation-log'
+import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type StoreLoad } from './store'
 
 // The stored form of "lookup did not know this key": not a record, so older or foreign
 // readers that ignore it only see a miss.
@@ -13,22 +17,8 @@ const UNKNOWN_JSON = '{"$unknownKey":true}'
 // A larger value under our prefix is junk: the read script does not even return it, since
 // shipping and parsing it on the request path would cost more than the lookup it saves.
 const MAX_VALUE_LENGTH = 1 << 20
-// A delete bumps the key's generation for this long; a lookup that takes longer than half of it
-// is not cached, so the generation it read can never have expired and reappeared as absent.
-const GENERATION_TTL_MS = 60_000
-const MAX_FILL_AGE_MS = GENERATION_TTL_MS / 2
-const OFF_PATH_TIMEOUT_MS = 5_000
-
-const READ = 'fastifyAuthCacheRead'
-const FILL = 'fastifyAuthCacheFill'
-const DELETE = 'fastifyAuthCacheDelete'
-
-interface FillToken { generation: string, epoch: number, startedAt: number }
-
-export interface RedisStoreRead extends StoreRead {
-  /** Remaining TTL of the stored entry, in ms. */
-  ttlMs: number
-}
+// How long a revocation waits for a replica of a Cluster master to acknowledge it.
+const REPLICA_ACK_MS = 500
 
 function encodeAnswer (answer: CachedAnswer): string {
   return answer === UNKNOWN_KEY ? UNKNOWN_JSON : JSON.stringify(answer)
@@ -46,101 +36,168 @@ function decodeAnswer (raw: string | null): CachedAnswer | undefined {
   }
 }
 
+/** Tells other processes about a revocation, from inside the script that makes it. */
+export interface Announcer {
+  channel: string
+  deleted (keyHash: string): string
+  cleared (): string
+}
+
 export interface RedisStoreOptions {
-  client: RedisClient
+  redis: RedisAdapter
   keyPrefix: string
   guard: RedisGuard
   log: FastifyBaseLogger
-  /** Channel on which deletes are announced (tiered); none for the plain Redis backend. */
-  channel?: string
-  /** Identifies this process in announcements so it can ignore its own. */
-  instanceId?: string
+  /** How long a revocation is kept for replaying (see RevocationLog). */
+  revocationRetainMs: number
+  /** The most revocations kept for replaying; beyond it a clear is replayed. */
+  max: number
+  announcer?: Announcer
 }
 
-/** One key `${keyPrefix}${hash}` per answer, holding compact JSON, with a server-side TTL. */
+export interface RedisLoad extends StoreLoad {
+  /** Remaining TTL of a stored answer, in ms; asked only by the tiered backend. */
+  ttlMs: number
+}
+
+/**
+ * One key `${keyPrefix}${hash}` per answer, holding compact JSON, with a server-side TTL. While
+ * `lookup` runs, the key holds this process's claim instead (see scripts.ts), which a delete,
+ * a clear or an eviction removes, so a late fill is refused by the key's absence.
+ */
 export class RedisApiKeyStore implements ApiKeyStore {
   readonly backend = 'redis' as const
   readonly invalidationsReceived = 0
-  private readonly client: RedisClient
-  private readonly prefix: string
-  private readonly guard: RedisGuard
-  private readonly channel: string
-  private readonly instanceId: string
-  private readonly tagPrefix: string
-  // Bumped by this process's clear, which cannot bump the generation of every key in Redis: at
-  // least the fills in flight in this process are refused. A delete is covered per key by the
-  // key's generation.
-  private epoch = 0
+  readonly #redis: RedisAdapter
+  readonly #prefix: string
+  readonly #guard: RedisGuard
+  readonly #log: FastifyBaseLogger
+  readonly #announcer: Announcer | undefined
+  readonly #revocations: RevocationLog
+  readonly #stopReplaying: () => void
 
   constructor (options: RedisStoreOptions) {
-    this.client = options.client
-    this.prefix = options.keyPrefix
-    this.guard = options.guard
-    this.channel = options.channel ?? ''
-    this.instanceId = options.instanceId ?? ''
-    this.tagPrefix = clientKeyPrefix(this.client)
-    defineScript(this.client, READ, 2, READ_RECORD)
-    defineScript(this.client, FILL, 2, FILL_RECORD)
-    defineScript(this.client, DELETE, 2, DELETE_RECORD)
+    this.#redis = options.redis
+    this.#prefix = options.keyPrefix
+    this.#guard = options.guard
+    this.#log = options.log
+    this.#announcer = options.announcer
+    this.#revocations = new RevocationLog(options.revocationRetainMs, options.max)
+    this.#stopReplaying = this.#redis.onReconnect(() => { this.replay().catch(() => {}) })
   }
 
-  private keys (keyHash: string): [string, string] {
-    const key = this.prefix + keyHash
-    // ioredis prepends the client's keyPrefix to both keys; the hash tag must hold it too, or a
-    // Cluster puts the two keys in different slots and every script fails with CROSSSLOT.
-    return [key, slotSibling(this.tagPrefix + key, ':gen', this.prefix)]
+  peek (): undefined {
+    return undefined
   }
 
-  async read (keyHash: string): Promise<RedisStoreRead> {
-    const [key, generationKey] = this.keys(keyHash)
-    const startedAt = performance.now()
-    const [raw, ttl, generation] = await this.guard.run<[string | null, number, string | null]>(
-      () => this.client[READ](key, generationKey, MAX_VALUE_LENGTH))
+  load (keyHash: string): Promise<StoreLoad> {
+    return this.read(keyHash, false)
+  }
+
+  /** One round trip: the answer, or on a miss a claim for the fill to come. */
+  async read (keyHash: string, withTtl: boolean): Promise<RedisLoad> {
+    const claim = CLAIM_MARK + randomBytes(12).toString('base64')
+    const [raw, ttl, claimed] = await this.#guard.run(() => this.#redis.run(READ_RECORD,
+      [this.#prefix + keyHash], [MAX_VALUE_LENGTH, withTtl ? '1' : '0', claim, FILL_WINDOW_MS]) as Promise<[string | null, number, number]>)
     const answer = decodeAnswer(raw)
-    const token: FillToken = { generation: generation ?? '', epoch: this.epoch, startedAt }
-    return { answer, token, ttlMs: answer === undefined ? 0 : Number(ttl) }
+    if (answer !== undefined) return { answer, ttlMs: Number(ttl) }
+    if (raw !== null) return await this.#claimOverJunk(keyHash, claim)
+    return claimed === 1 ? { answer, ticket: { claim, at: performance.now() }, ttlMs: 0 } : { answer, ttlMs: 0 }
   }
 
-  /** Resolves true when written, false when refused because the key was invalidated meanwhile. */
-  async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean> {
-    const { generation, epoch, startedAt } = token as FillToken
-    if (epoch !== this.epoch || performance.now() - startedAt > MAX_FILL_AGE_MS) return false
-    const [key, generationKey] = this.keys(keyHash)
-    const value = encodeAnswer(answer)
-    const written = await this.guard.run(
-      () => this.client[FILL](key, generationKey, generation, value, toPx(ttlMs)))
+  /** A value Lua could not tell from a record: claimed in a second step, replacing it. */
+  async #claimOverJunk (keyHash: string, claim: string): Promise<RedisLoad> {
+    try {
+      await this.#guard.run(() => this.#redis.set(this.#prefix + keyHash, claim, FILL_WINDOW_MS))
+      return { answer: undefined, ticket: { claim, at: performance.now() }, ttlMs: 0 }
+    } catch {
+      // A full Redis refuses the claim: then no fill follows, and lookup answers alone.
+      return { answer: undefined, ttlMs: 0 }
+    }
+  }
+
+  /** Resolves true when written, false when the claim was gone. */
+  async fillIfClaimed (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean> {
+    const { claim, at } = ticket as { claim: string, at: number }
+    // Redis expired the claim by now; asking would only confirm it.
+    if (performance.now() - at > FILL_WINDOW_MS) return false
+    const written = await this.#guard.run(() => this.#redis.run(FILL_RECORD,
+      [this.#prefix + keyHash], [claim, encodeAnswer(answer), wholeMs(ttlMs)]))
     return written === 1
   }
 
-  async set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void> {
-    const value = encodeAnswer(answer)
-    await this.guard.bounded(() => this.client.set(this.prefix + keyHash, value, 'PX', toPx(ttlMs)), OFF_PATH_TIMEOUT_MS)
+  async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<void> {
+    await this.fillIfClaimed(keyHash, answer, ttlMs, ticket)
   }
 
+  async release (keyHash: string, ticket: unknown): Promise<void> {
+    const { claim } = ticket as { claim: string }
+    await this.#guard.run(() => this.#redis.run(DELETE_IF_HELD, [this.#prefix + keyHash], [claim]))
+  }
+
+  async get (keyHash: string): Promise<CachedAnswer | undefined> {
+    const [raw] = await this.#guard.offPath(() => this.#redis.run(READ_RECORD,
+      [this.#prefix + keyHash], [MAX_VALUE_LENGTH, '0', '', 0]) as Promise<[string | null]>)
+    return decodeAnswer(raw)
+  }
+
+  async set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void> {
+    await this.#guard.offPath(() => this.#redis.set(this.#prefix + keyHash, encodeAnswer(answer), wholeMs(ttlMs)))
+  }
+
+  /**
+   * Removes the key and announces it in one script. On a Cluster whose masters have replicas,
+   * a replica must acknowledge it, or the delete rejects so that the caller retries: a failover
+   * could otherwise lose it. Everywhere, it is kept to be made again after a reconnection.
+   */
   async delete (keyHash: string): Promise<void> {
-    const [key, generationKey] = this.keys(keyHash)
-    await this.guard.bounded(() => this.client[DELETE](
-      key, generationKey, GENERATION_TTL_MS, this.channel, `d:${this.instanceId}:${keyHash}`), OFF_PATH_TIMEOUT_MS)
+    this.#revocations.deleted(keyHash)
+    const replicas = this.#redis.knownReplicas()
+    if (replicas === 0) {
+      await this.#deleteOnce(keyHash)
+      return
+    }
+    const [, acknowledged] = await this.#guard.offPath(() =>
+      this.#redis.runReplicated(DELETE_RECORD, [this.#prefix + keyHash], this.#deleteArgs(keyHash), 1, REPLICA_ACK_MS))
+    if (acknowledged < 1) throw new RevocationNotReplicatedError(REPLICA_ACK_MS)
   }
 
   async clear (): Promise<void> {
-    this.epoch++
+    this.#revocations.cleared()
+    await this.#clearOnce()
+  }
+
+  #deleteArgs (keyHash: string): string[] {
+    return this.#announcer === undefined ? ['', ''] : [this.#announcer.channel, this.#announcer.deleted(keyHash)]
+  }
+
+  async #deleteOnce (keyHash: string): Promise<void> {
+    await this.#guard.offPath(() => this.#redis.run(DELETE_RECORD, [this.#prefix + keyHash], this.#deleteArgs(keyHash)))
+  }
+
+  async #clearOnce (): Promise<void> {
+    await clearPrefix(this.#redis, this.#prefix, this.#guard.offPath)
+    const announcer = this.#announcer
+    if (announcer !== undefined) await this.#guard.offPath(() => this.#redis.publish(announcer.channel, announcer.cleared()))
+  }
+
+  /** Makes this process's recent revocations again, on a Redis that may have lost them. */
+  async replay (): Promise<void> {
+    const pending = this.#revocations.pending()
+    if (pending.length === 0) return
+    this.#log.info({ revocations: pending.length }, 'fastify-auth-cache: Redis connection is back; making recent revocations again')
     try {
-      await clearPrefix(this.client, this.prefix, (call) => this.guard.bounded(call, OFF_PATH_TIMEOUT_MS))
-    } finally {
-      // Reads that started while SCAN was under way may have seen entries it then removed.
-      this.epoch++
-    }
-    if (this.channel !== '') {
-      await this.guard.bounded(() => this.client.publish(this.channel, `c:${this.instanceId}`), OFF_PATH_TIMEOUT_MS)
+      await Promise.all(pending.map((revocation) =>
+        revocation.kind === 'clear' ? this.#clearOnce() : this.#deleteOnce(revocation.keyHash)))
+    } catch (err) {
+      // The next reconnection tries again; until then the contract's fault bound applies.
+      this.#log.warn({ err }, 'fastify-auth-cache: replaying recent revocations failed')
+      throw err
     }
   }
 
   close (): Promise<void> {
+    this.#stopReplaying()
     return Promise.resolve()
   }
-}
-
-function toPx (ttlMs: number): number {
-  return Math.max(1, Math.floor(ttlMs))
 }

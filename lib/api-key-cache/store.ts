@@ -1,36 +1,37 @@
 import type { ApiKeyRecord, BackendName } from '../types'
 
-/** What the cache remembers of a key that `lookup` did not know. */
+/** What the cache remembers of a key that `lookup` did not know; the one form of it in the process. */
 export const UNKNOWN_KEY = Object.freeze({ unknownKey: true as const })
 export type UnknownKey = typeof UNKNOWN_KEY
 
 /** A cached answer: the record, or the fact that the key is unknown. */
 export type CachedAnswer = ApiKeyRecord | UnknownKey
 
-export interface StoreRead {
+export interface StoreLoad {
   answer: CachedAnswer | undefined
   /**
-   * Opaque proof of what the store looked like before `lookup` ran. `fill` with it writes only
-   * if no `delete` or `clear` touched the key since, so a slow lookup cannot undo a revocation.
+   * On a miss, the store's permission to `fill` the key later. It is void once a `delete` or
+   * `clear` touched the key, so a lookup in flight cannot undo a revocation. Undefined when no
+   * fill may follow (the store could not take one).
    */
-  token: unknown
+  ticket?: unknown
 }
 
 /**
- * A place where answers live. Every backend implements this one interface; the `ApiKeyCache`
- * in front of it owns counters, single flight and the policy of what to cache for how long.
+ * A place where answers live. Every backend implements this one interface; the resolver in
+ * front of it owns single flight, `lookup`, counting and how long each answer is kept.
  */
 export interface ApiKeyStore {
   readonly backend: BackendName
   /** Process memory only, synchronous; undefined when memory holds nothing usable. */
-  peek?(keyHash: string): CachedAnswer | undefined
-  /** Request path: bounded, and may reject when the backend fails. */
-  read (keyHash: string): Promise<StoreRead>
-  /**
-   * Request path: a write that is refused when the key was invalidated since `token`.
-   * Resolves true when written.
-   */
-  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean>
+  peek (keyHash: string): CachedAnswer | undefined
+  /** Request path, after `peek` missed in the same tick: what the store holds beyond memory, and a ticket on a miss. */
+  load (keyHash: string): Promise<StoreLoad>
+  /** Request path: writes unless the key was invalidated since `ticket` was given. */
+  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<void>
+  /** Request path: no fill will follow `ticket` (lookup failed, or nothing is to be cached). */
+  release (keyHash: string, ticket: unknown): Promise<void>
+  get (keyHash: string): Promise<CachedAnswer | undefined>
   set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void>
   delete (keyHash: string): Promise<void>
   clear (): Promise<void>

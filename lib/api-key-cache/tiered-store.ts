@@ -1,102 +1,130 @@
-import { MemoryApiKeyStore, type LocalFillToken } from './memory-store'
-import type { RedisApiKeyStore } from './redis-store'
-import type { InvalidationBus } from './invalidation-bus'
-import type { ApiKeyStore, CachedAnswer, StoreRead } from './store'
+import type { FastifyBaseLogger } from 'fastify'
+import type { RedisAdapter } from '../redis/client'
+import type { RedisGuard } from '../redis/guard'
+import { channelName, InvalidationBus } from './invalidation-bus'
+import { LocalAnswers, type LocalTicket } from './local-answers'
+import { RedisApiKeyStore } from './redis-store'
+import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
 
-interface TieredToken { local: LocalFillToken, shared: unknown }
+interface TieredTicket { local: LocalTicket, shared: unknown }
+
+export interface TieredStoreOptions {
+  redis: RedisAdapter
+  keyPrefix: string
+  max: number
+  guard: RedisGuard
+  log: FastifyBaseLogger
+  revocationRetainMs: number
+}
+
+export interface TieredStore extends ApiKeyStore {
+  /** Resolves once process memory may serve (the bus is proven), or after `timeoutMs`. */
+  ready (timeoutMs: number): Promise<void>
+}
 
 /**
- * Process memory (L1) in front of Redis (L2). L1 is used only while the invalidation bus is
- * trusted; every invalidation, and every change of trust, drops the affected L1 entries, and L1
- * refuses the copies of L2 reads and lookups that were in flight meanwhile, so their possibly
- * stale answers do not come back.
+ * Process memory (L1) in front of Redis (L2), kept honest by the invalidation bus. L1 is used
+ * only while the bus is trusted; every invalidation, and every change of trust, drops the
+ * affected L1 entries, and L1 refuses the copies of L2 reads and lookups that were in flight
+ * meanwhile, so their possibly stale answers do not come back.
  */
-export class TieredApiKeyStore implements ApiKeyStore {
-  readonly backend = 'tiered' as const
-  readonly local: MemoryApiKeyStore
-  private readonly shared: RedisApiKeyStore
-  private bus: InvalidationBus | undefined
-
-  constructor (max: number, shared: RedisApiKeyStore) {
-    this.local = new MemoryApiKeyStore(max)
-    this.shared = shared
-  }
-
-  /** The bus is built after the store because its handlers call into it. */
-  attach (bus: InvalidationBus): void {
-    this.bus = bus
-  }
-
-  get invalidationsReceived (): number {
-    return this.bus?.received ?? 0
-  }
-
-  private get trusted (): boolean {
-    return this.bus?.trusted === true
-  }
-
-  peek (keyHash: string): CachedAnswer | undefined {
-    return this.trusted ? this.local.peek(keyHash) : undefined
-  }
-
-  async read (keyHash: string): Promise<StoreRead> {
-    const local = this.local.token()
-    const cached = this.peek(keyHash)
-    if (cached !== undefined) return { answer: cached, token: { local, shared: undefined } }
-    const read = await this.shared.read(keyHash)
-    if (read.answer !== undefined) this.copyToLocal(keyHash, read.answer, read.ttlMs, local)
-    return { answer: read.answer, token: { local, shared: read.token } }
-  }
-
-  async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, token: unknown): Promise<boolean> {
-    const { local, shared } = token as TieredToken
-    // Invalidated here since the read (a delete or clear, ours or announced, or a loss of the
-    // bus): a clear does not bump the key's generation in Redis, so the L2 check alone would
-    // accept the answer.
-    if (!this.local.accepts(keyHash, local)) return false
-    // Refused in L2 means deleted meanwhile: then L1 must not have it either.
-    const written = await this.shared.fill(keyHash, answer, ttlMs, shared)
-    if (written) this.copyToLocal(keyHash, answer, ttlMs, local)
-    return written
-  }
-
-  private copyToLocal (keyHash: string, answer: CachedAnswer, ttlMs: number, token: LocalFillToken): void {
-    if (this.trusted) this.local.fillSync(keyHash, answer, ttlMs, token)
-  }
-
-  async set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void> {
-    const local = this.local.token()
-    await this.shared.set(keyHash, answer, ttlMs)
-    this.copyToLocal(keyHash, answer, ttlMs, local)
-  }
-
-  async delete (keyHash: string): Promise<void> {
-    this.local.remove(keyHash)
-    try {
-      await this.shared.delete(keyHash)
-    } finally {
-      // A read in this process between the two steps may have copied the old L2 value.
-      this.local.remove(keyHash)
+export function createTieredStore (options: TieredStoreOptions): TieredStore {
+  const local = new LocalAnswers(options.max)
+  // The bus comes first: the Redis store announces revocations in its words.
+  const bus = new InvalidationBus({
+    redis: options.redis,
+    channel: channelName(options.redis, options.keyPrefix),
+    guard: options.guard,
+    log: options.log,
+    handlers: {
+      invalidated (message) {
+        if (message.kind === 'delete') local.remove(message.payload!)
+        else local.flush()
+      },
+      trustChanged (trusted) {
+        local.flush()
+        // Back after a loss: Redis may have lost this process's revocations (a failover, a
+        // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
+        if (trusted) l2.replay().then(() => local.flush(), () => local.flush())
+      }
     }
-  }
-
-  async clear (): Promise<void> {
-    this.local.flush()
-    try {
-      await this.shared.clear()
-    } finally {
-      this.local.flush()
+  })
+  const l2 = new RedisApiKeyStore({
+    ...options,
+    announcer: {
+      channel: bus.channel,
+      deleted: (keyHash) => bus.message('delete', keyHash),
+      cleared: () => bus.message('clear')
     }
+  })
+
+  function copyToLocal (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: LocalTicket): void {
+    if (bus.trusted) local.fill(keyHash, answer, ttlMs, ticket)
   }
 
-  /** Called by the bus. */
-  invalidated (keyHash: string | undefined): void {
-    if (keyHash === undefined) this.local.flush()
-    else this.local.remove(keyHash)
-  }
+  bus.start()
+  return {
+    backend: 'tiered',
+    get invalidationsReceived () {
+      return bus.received
+    },
+    ready: (timeoutMs) => bus.whenTrusted(timeoutMs),
 
-  async close (): Promise<void> {
-    await this.bus?.close()
-    this.local.flush()
+    peek: (keyHash) => bus.trusted ? local.peek(keyHash) : undefined,
+
+    async load (keyHash): Promise<StoreLoad> {
+      const ticket = local.ticket()
+      const read = await l2.read(keyHash, true)
+      if (read.answer !== undefined) {
+        copyToLocal(keyHash, read.answer, read.ttlMs, ticket)
+        return { answer: read.answer }
+      }
+      return read.ticket === undefined ? { answer: undefined } : { answer: undefined, ticket: { local: ticket, shared: read.ticket } }
+    },
+
+    async fill (keyHash, answer, ttlMs, ticket) {
+      const { local: localTicket, shared: sharedTicket } = ticket as TieredTicket
+      // Invalidated here since the read (a delete or clear, ours or announced, or a loss of the
+      // bus): then the answer is stale for both tiers.
+      if (!local.accepts(keyHash, localTicket)) return
+      if (await l2.fillIfClaimed(keyHash, answer, ttlMs, sharedTicket)) copyToLocal(keyHash, answer, ttlMs, localTicket)
+    },
+
+    release: (keyHash, ticket) => l2.release(keyHash, (ticket as TieredTicket).shared),
+
+    async get (keyHash) {
+      return (bus.trusted ? local.peek(keyHash) : undefined) ?? await l2.get(keyHash)
+    },
+
+    async set (keyHash, answer, ttlMs) {
+      const ticket = local.ticket()
+      await l2.set(keyHash, answer, ttlMs)
+      copyToLocal(keyHash, answer, ttlMs, ticket)
+    },
+
+    async delete (keyHash) {
+      local.remove(keyHash)
+      try {
+        await l2.delete(keyHash)
+      } finally {
+        // A read in this process between the two steps may have copied the old L2 value.
+        local.remove(keyHash)
+      }
+    },
+
+    async clear () {
+      local.flush()
+      try {
+        await l2.clear()
+      } finally {
+        local.flush()
+      }
+    },
+
+    async close () {
+      await l2.close()
+      await bus.close()
+      local.flush()
+    }
   }
 }

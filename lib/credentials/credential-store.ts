@@ -6,6 +6,8 @@ import {
 } from '../errors'
 import type { CredentialByteStore } from './byte-store'
 import type { KeyedMutex } from './keyed-mutex'
+import { wholeMs } from '../limits'
+import type { BackendName } from '../types'
 import type { CredentialSerializer, SerializerContext } from './serializer'
 
 export interface UpdateOptions {
@@ -27,58 +29,70 @@ export interface CredentialStoreSettings<T> {
 const RETRY_MIN_MS = 5
 const RETRY_MAX_MS = 100
 
-/** Credentials under one key, shared by every process on the backend. */
-export class CredentialStore<T = unknown> {
-  private readonly settings: CredentialStoreSettings<T>
-  private readonly ctx: SerializerContext
-  private readonly ttlMs: number | undefined
+/** `fastify.credentialStore`: credentials under one key, shared by every process on the backend. */
+export interface CredentialStore<T = unknown> {
+  readonly backend: BackendName
+  /** Undefined when absent or expired; FST_CREDENTIALS_DESERIALIZE, bytes untouched, when unreadable. */
+  load (): Promise<T | undefined>
+  /** Saves `value`, with `ttlSeconds` when set. */
+  save (value: T): Promise<void>
+  clear (): Promise<void>
+  /** Another key on the same backend, with the same serializer and TTL. */
+  scope (key: string): CredentialStore<T>
+  /**
+   * Runs `fn` on the latest saved value and saves its result, exclusively across every process
+   * sharing the backend.
+   */
+  update (fn: (current: T | undefined) => T | Promise<T>, options?: UpdateOptions): Promise<T>
+}
+
+export function createCredentialStore<T> (settings: CredentialStoreSettings<T>): CredentialStore<T> {
+  return new KeyedCredentialStore(settings)
+}
+
+class KeyedCredentialStore<T> implements CredentialStore<T> {
+  readonly #settings: CredentialStoreSettings<T>
+  readonly #ctx: SerializerContext
+  readonly #ttlMs: number | undefined
 
   constructor (settings: CredentialStoreSettings<T>) {
-    this.settings = settings
-    this.ctx = Object.freeze({ key: settings.keyPrefix + settings.key })
-    this.ttlMs = settings.ttlSeconds === undefined ? undefined : Math.max(1, Math.floor(settings.ttlSeconds * 1000))
+    this.#settings = settings
+    this.#ctx = Object.freeze({ key: settings.keyPrefix + settings.key })
+    this.#ttlMs = settings.ttlSeconds === undefined ? undefined : wholeMs(settings.ttlSeconds * 1000)
   }
 
-  get backend (): 'memory' | 'redis' {
-    return this.settings.bytes.backend
+  get backend (): BackendName {
+    return this.#settings.bytes.backend
   }
 
-  /** The full storage key. */
-  get key (): string {
-    return this.ctx.key
-  }
-
-  /** Undefined when absent or expired; FST_CREDENTIALS_DESERIALIZE, bytes untouched, when unreadable. */
   async load (): Promise<T | undefined> {
-    const raw = await this.settings.bytes.get(this.ctx.key)
+    const raw = await this.#settings.bytes.get(this.#ctx.key)
     if (raw === undefined) return undefined
     try {
-      return await this.settings.serializer.deserialize(raw, this.ctx)
+      return await this.#settings.serializer.deserialize(raw, this.#ctx)
     } catch (cause) {
-      const err = new CredentialsDeserializeError(this.ctx.key)
+      const err = new CredentialsDeserializeError(this.#ctx.key)
       err.cause = cause
       throw err
     }
   }
 
   async save (value: T): Promise<void> {
-    const bytes = await this.encode(value)
-    await this.settings.bytes.set(this.ctx.key, bytes, this.ttlMs)
+    const bytes = await this.#encode(value)
+    await this.#settings.bytes.set(this.#ctx.key, bytes, this.#ttlMs)
   }
 
   async clear (): Promise<void> {
-    await this.settings.bytes.delete(this.ctx.key)
+    await this.#settings.bytes.delete(this.#ctx.key)
   }
 
-  /** Another key on the same backend, with the same serializer and TTL. */
   scope (key: string): CredentialStore<T> {
     if (typeof key !== 'string' || key.length === 0) throw new InvalidOptionError('scope', 'must be a non-empty string')
-    return new CredentialStore({ ...this.settings, key })
+    return new KeyedCredentialStore({ ...this.#settings, key })
   }
 
   /**
-   * Runs `fn` on the latest saved value and saves its result, exclusively across every process
-   * sharing the backend. Nothing is written when `fn` or `serialize` throws, when the key cannot
+   * Nothing is written when `fn` or `serialize` throws, when the key cannot
    * be had within `waitMs`, or when this holder's lock expired before the save.
    */
   async update (fn: (current: T | undefined) => T | Promise<T>, options: UpdateOptions = {}): Promise<T> {
@@ -88,14 +102,14 @@ export class CredentialStore<T = unknown> {
     if (!(lockTtlMs > 0) || !Number.isFinite(lockTtlMs)) throw new InvalidOptionError('lockTtlMs', 'must be a positive number')
     if (!(waitMs >= 0) || !Number.isFinite(waitMs)) throw new InvalidOptionError('waitMs', 'must be zero or more')
 
-    const { bytes, mutex } = this.settings
-    const key = this.ctx.key
+    const { bytes, mutex } = this.#settings
+    const key = this.#ctx.key
     const deadline = performance.now() + waitMs
     const timeout = (): Error => new CredentialsLockTimeoutError(key, waitMs)
     const release = await mutex.acquire(key, waitMs, lockTtlMs, timeout)
     try {
       const token = randomBytes(16).toString('hex')
-      const lockMs = Math.max(1, Math.floor(lockTtlMs))
+      const lockMs = wholeMs(lockTtlMs)
       let delay = RETRY_MIN_MS
       while (!(await bytes.tryLock(key, token, lockMs))) {
         const left = deadline - performance.now()
@@ -107,7 +121,7 @@ export class CredentialStore<T = unknown> {
       let saved = false
       try {
         const next = await fn(await this.load())
-        if (!(await bytes.saveAndUnlock(key, token, await this.encode(next), this.ttlMs))) {
+        if (!(await bytes.saveAndUnlock(key, token, await this.#encode(next), this.#ttlMs))) {
           throw new CredentialsLockLostError(key)
         }
         saved = true
@@ -120,17 +134,17 @@ export class CredentialStore<T = unknown> {
     }
   }
 
-  private async encode (value: T): Promise<Buffer> {
+  async #encode (value: T): Promise<Buffer> {
     let raw: unknown
     try {
-      raw = await this.settings.serializer.serialize(value, this.ctx)
+      raw = await this.#settings.serializer.serialize(value, this.#ctx)
     } catch (cause) {
-      const err = new CredentialsSerializeError(this.ctx.key)
+      const err = new CredentialsSerializeError(this.#ctx.key)
       err.cause = cause
       throw err
     }
     if (typeof raw === 'string') return Buffer.from(raw, 'utf8')
     if (Buffer.isBuffer(raw)) return raw
-    throw new CredentialsSerializeError(this.ctx.key)
+    throw new CredentialsSerializeError(this.#ctx.key)
   }
 }

@@ -1,35 +1,33 @@
 import { CredentialsDeserializeError } from '../errors'
-import { clientKeyPrefix, defineScript, type RedisClient } from '../redis/client'
+import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { RELEASE_LOCK, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
+import { DELETE_IF_HELD, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
 import type { CredentialByteStore } from './byte-store'
 
-const RELEASE = 'fastifyAuthCacheUnlock'
-const SAVE = 'fastifyAuthCacheSaveUnlock'
-// Credentials are off the request path, but a stalled Redis must still not hang a caller forever.
-const TIMEOUT_MS = 5_000
-
-/** `${keyPrefix}${key}` holds the bytes; its lock `{${keyPrefix}${key}}:lock` shares its hash slot. */
+/**
+ * `${keyPrefix}${key}` holds the bytes; its lock is `${keyPrefix}{<stored key>}:lock`, under the
+ * same prefix (so an ACL granting the prefix covers it) and in the same hash slot.
+ */
 export class RedisCredentialByteStore implements CredentialByteStore {
   readonly backend = 'redis' as const
+  readonly #redis: RedisAdapter
+  readonly #guard: RedisGuard
+  readonly #keyPrefix: string
 
-  constructor (private readonly client: RedisClient, private readonly guard: RedisGuard) {
-    defineScript(client, RELEASE, 1, RELEASE_LOCK)
-    defineScript(client, SAVE, 2, SAVE_AND_RELEASE)
+  constructor (redis: RedisAdapter, guard: RedisGuard, keyPrefix: string) {
+    this.#redis = redis
+    this.#guard = guard
+    this.#keyPrefix = keyPrefix
   }
 
-  /** The hash tag holds the client's keyPrefix, which ioredis prepends to both keys, so they share a slot. */
-  private lockKey (key: string): string {
-    return slotSibling(clientKeyPrefix(this.client) + key, ':lock')
-  }
-
-  private call<T> (operation: () => Promise<T>): Promise<T> {
-    return this.guard.bounded(operation, TIMEOUT_MS)
+  #lockKey (key: string): string {
+    // The client prepends its own keyPrefix to both keys, so the hash tag holds it too.
+    return slotSibling(this.#keyPrefix, this.#redis.keyPrefix + key, ':lock')
   }
 
   async get (key: string): Promise<Buffer | undefined> {
     try {
-      return (await this.call(() => this.client.getBuffer(key))) ?? undefined
+      return (await this.#guard.offPath(() => this.#redis.getBuffer(key))) ?? undefined
     } catch (err) {
       // A list, hash or set under the credential's key is unreadable bytes like any other junk,
       // not a failing Redis; it is left as it is.
@@ -43,26 +41,23 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async set (key: string, bytes: Buffer, ttlMs: number | undefined): Promise<void> {
-    await this.call(() => ttlMs === undefined
-      ? this.client.set(key, bytes)
-      : this.client.set(key, bytes, 'PX', ttlMs))
+    await this.#guard.offPath(() => this.#redis.set(key, bytes, ttlMs))
   }
 
   async delete (key: string): Promise<void> {
-    await this.call(() => this.client.del(key))
+    await this.#guard.offPath(() => this.#redis.del(key))
   }
 
-  async tryLock (key: string, token: string, ttlMs: number): Promise<boolean> {
-    const reply = await this.call(() => this.client.set(this.lockKey(key), token, 'PX', ttlMs, 'NX'))
-    return reply === 'OK'
+  tryLock (key: string, token: string, ttlMs: number): Promise<boolean> {
+    return this.#guard.offPath(() => this.#redis.setIfAbsent(this.#lockKey(key), token, ttlMs))
   }
 
   async saveAndUnlock (key: string, token: string, bytes: Buffer, ttlMs: number | undefined): Promise<boolean> {
-    const reply = await this.call(() => this.client[SAVE](key, this.lockKey(key), token, bytes, ttlMs ?? 0))
+    const reply = await this.#guard.offPath(() => this.#redis.run(SAVE_AND_RELEASE, [key, this.#lockKey(key)], [token, bytes, ttlMs ?? 0]))
     return reply === 1
   }
 
   async unlock (key: string, token: string): Promise<void> {
-    await this.call(() => this.client[RELEASE](this.lockKey(key), token))
+    await this.#guard.offPath(() => this.#redis.run(DELETE_IF_HELD, [this.#lockKey(key)], [token]))
   }
 }

@@ -1,15 +1,15 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
-import type { ApiKeyCache, ApiKeyCacheStats } from '../api-key-cache/api-key-cache'
-import { UNKNOWN_KEY, type CachedAnswer } from '../api-key-cache/store'
+import type { Resolver, Verdict } from '../api-key-cache/resolver'
+import type { Counters, Rejection } from '../api-key-cache/stats'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
-import { rejectReason } from '../api-keys/record'
 import { ApiKeyInvalidError, ApiKeyMissingError } from '../errors'
-import type { ApiKeyRecord } from '../types'
-import { extractKey } from './extract-key'
+import { extractKey, MALFORMED, MISSING } from './extract-key'
+import { routeSettings } from './route-settings'
 
 export interface AuthenticatorOptions {
-  cache: ApiKeyCache
+  resolver: Resolver
+  counters: Counters
   header: string
   realm: string
   formatPrefix: string | undefined
@@ -23,60 +23,51 @@ export interface Authenticator {
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { cache, header, formatPrefix } = options
+  const { resolver, counters, header, formatPrefix } = options
   const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
   const missingChallenge = `${scheme} realm="${options.realm}"`
-  const invalidChallenge = scheme === 'Bearer'
-    ? `${missingChallenge}, error="invalid_token"`
-    : missingChallenge
+  const invalidChallenge = scheme === 'Bearer' ? `${missingChallenge}, error="invalid_token"` : missingChallenge
 
-  function refuseMissing (request: FastifyRequest, reply: FastifyReply): Error {
-    cache.countRejection('missing')
-    request.log.debug('fastify-auth-cache: refused, no API key')
-    reply.header('www-authenticate', missingChallenge)
-    return new ApiKeyMissingError()
-  }
-
-  function refuseInvalid (request: FastifyRequest, reply: FastifyReply, reason: keyof ApiKeyCacheStats['rejections'], keyHash?: string): Error {
-    cache.countRejection(reason)
+  function refuse (request: FastifyRequest, reply: FastifyReply, reason: Rejection, keyHash?: string): Error {
+    counters.rejections[reason]++
+    if (reason === 'missing') {
+      request.log.debug('fastify-auth-cache: refused, no API key')
+      reply.header('www-authenticate', missingChallenge)
+      return new ApiKeyMissingError()
+    }
     request.log.debug({ reason, keyHash }, 'fastify-auth-cache: refused API key')
     reply.header('www-authenticate', invalidChallenge)
     return new ApiKeyInvalidError()
   }
 
-  function decide (request: FastifyRequest, reply: FastifyReply, keyHash: string, answer: CachedAnswer): ApiKeyRecord {
-    const record = answer === UNKNOWN_KEY ? undefined : answer as ApiKeyRecord
-    const reason = rejectReason(record)
-    if (reason !== undefined) throw refuseInvalid(request, reply, reason, keyHash)
-    request.apiKey = record!
-    return record!
+  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict): void {
+    if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash)
+    request.apiKey = verdict
   }
 
-  /** Throws the 401; returns the record, or a promise of it when the cache must load. */
-  function authenticate (request: FastifyRequest, reply: FastifyReply): ApiKeyRecord | Promise<ApiKeyRecord> {
-    const extracted = extractKey(request, header)
-    if (extracted.kind === 'missing') throw refuseMissing(request, reply)
-    if (extracted.kind === 'malformed') throw refuseInvalid(request, reply, 'malformed')
-    if (formatPrefix !== undefined && !isWellFormedApiKey(extracted.key, formatPrefix)) {
-      throw refuseInvalid(request, reply, 'malformed')
-    }
-    const keyHash = hashApiKey(extracted.key)
-    const answer = cache.resolve(keyHash, request)
-    if (answer instanceof Promise) return answer.then((loaded) => decide(request, reply, keyHash, loaded))
-    return decide(request, reply, keyHash, answer)
+  /** Throws the 401; returns a promise only when the cache must load. */
+  function authenticate (request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+    const key = extractKey(request, header)
+    if (key === MISSING) throw refuse(request, reply, 'missing')
+    if (key === MALFORMED) throw refuse(request, reply, 'malformed')
+    if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed')
+    const keyHash = hashApiKey(key)
+    const verdict = resolver.resolve(keyHash, request)
+    if (verdict instanceof Promise) return verdict.then((loaded) => accept(request, reply, keyHash, loaded))
+    accept(request, reply, keyHash, verdict)
   }
 
   function hook (this: unknown, request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
-    if (request.routeOptions.config.apiKey === false) return done()
-    let result: ApiKeyRecord | Promise<ApiKeyRecord>
+    if (!routeSettings(request).authenticate) return done()
+    let pending: void | Promise<void>
     try {
-      result = authenticate(request, reply)
+      pending = authenticate(request, reply)
     } catch (err) {
       return done(err as Error)
     }
-    if (result instanceof Promise) result.then(() => done(), done)
-    else done()
+    if (pending === undefined) done()
+    else pending.then(() => done(), done)
   }
 
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {

@@ -1,55 +1,59 @@
 /**
- * The part of an ioredis `Redis` or `Cluster` this plugin uses. Declared structurally so that a
- * memory-only user needs neither ioredis nor its types.
+ * What the plugin needs from a Redis client, whatever the client. Each supported client library
+ * gets one adapter (see ioredis-adapter.ts); stores, the bus and clear() see only this.
  */
-export interface RedisClient {
-  status?: string
-  options?: { keyPrefix?: string, redisOptions?: { keyPrefix?: string } }
-  get (key: string): Promise<string | null>
+
+/** A Lua script with a stable name; adapters may cache it by SHA and fall back to EVAL. */
+export interface RedisScript {
+  readonly name: string
+  readonly keys: number
+  readonly lua: string
+}
+
+export type RedisArg = string | number | Buffer
+
+/** One master, for SCAN. Keys go in and come out as stored, with any client prefix included. */
+export interface RedisScanNode {
+  scan (cursor: string, pattern: string, count: number): Promise<[string, string[]]>
+  /** Deletes keys named as SCAN returned them; one command per key where slots may differ. */
+  unlink (storedKeys: string[]): Promise<number>
+}
+
+export interface RedisSubscriberEvents {
+  message (channel: string, message: string): void
+  /** The connection is up again (or for the first time): subscribe again. */
+  ready (): void
+  /** The connection was lost: messages may be missed from now on. */
+  lost (): void
+}
+
+/** A connection of the plugin's own, made from the user's client with its settings (TLS, auth, Sentinel). */
+export interface RedisSubscriber {
+  subscribe (channels: string[]): Promise<void>
+  /** Closes the connection, waiting at most `timeoutMs` for a clean QUIT. */
+  close (timeoutMs: number): Promise<void>
+}
+
+export interface RedisAdapter {
+  /** The prefix the client itself puts in front of every key (ioredis `keyPrefix`); '' for none. */
+  readonly keyPrefix: string
+  run (script: RedisScript, keys: string[], args: RedisArg[]): Promise<unknown>
+  /**
+   * Runs `script`, then waits (WAIT) on the same connection for `replicas` replicas of the node
+   * that ran it to acknowledge, at most `timeoutMs`. Resolves with the script's result and the
+   * number of replicas that acknowledged.
+   */
+  runReplicated (script: RedisScript, keys: string[], args: RedisArg[], replicas: number, timeoutMs: number): Promise<[unknown, number]>
+  /** How many replicas every master is known to have; 0 when unknown (a plain connection). */
+  knownReplicas (): number
   getBuffer (key: string): Promise<Buffer | null>
-  // unknown[]: ioredis' overloads end in an optional callback (and SCAN TYPE takes a Buffer), which
-  // a narrower rest type would reject, so an ioredis client would not type-check as a RedisClient.
-  set (key: string, value: string | Buffer, ...args: unknown[]): Promise<unknown>
-  del (...keys: string[]): Promise<number>
-  unlink (...keys: string[]): Promise<number>
-  scan (cursor: string | number, ...args: unknown[]): Promise<[string, string[]]>
-  publish (channel: string, message: string): Promise<number>
-  defineCommand (name: string, definition: { numberOfKeys: number, lua: string }): void
-  /** Redis takes (options), Cluster (startupNodes, options). */
-  duplicate (...args: unknown[]): RedisClient
-  on (event: string, listener: (...args: any[]) => void): unknown
-  removeListener (event: string, listener: (...args: any[]) => void): unknown
-  subscribe (...channels: string[]): Promise<unknown>
-  ping (): Promise<unknown>
-  quit (): Promise<unknown>
-  disconnect (reconnect?: boolean): void
-  nodes? (role?: 'master' | 'slave' | 'all'): RedisClient[]
-  [command: string]: any
-}
-
-/** Duck typing: ioredis is an optional peer, so `instanceof` is not available. */
-export function isRedisClient (value: unknown): value is RedisClient {
-  if (typeof value !== 'object' || value === null) return false
-  const candidate = value as Record<string, unknown>
-  return typeof candidate.get === 'function' &&
-    typeof candidate.set === 'function' &&
-    typeof candidate.defineCommand === 'function' &&
-    typeof candidate.duplicate === 'function'
-}
-
-export function isCluster (client: RedisClient): boolean {
-  return typeof client.nodes === 'function' && (client as { isCluster?: boolean }).isCluster === true
-}
-
-/**
- * The `keyPrefix` ioredis adds to every key argument. It is not added to `SCAN MATCH`
- * patterns, and keys returned by `SCAN` already carry it.
- */
-export function clientKeyPrefix (client: RedisClient): string {
-  return client.options?.keyPrefix ?? client.options?.redisOptions?.keyPrefix ?? ''
-}
-
-/** Defines a Lua command once per client; ioredis runs it by EVALSHA and falls back to EVAL. */
-export function defineScript (client: RedisClient, name: string, numberOfKeys: number, lua: string): void {
-  if (typeof client[name] !== 'function') client.defineCommand(name, { numberOfKeys, lua })
+  set (key: string, value: string | Buffer, ttlMs?: number): Promise<void>
+  /** SET NX PX; resolves true when set. */
+  setIfAbsent (key: string, value: string, ttlMs: number): Promise<boolean>
+  del (key: string): Promise<number>
+  publish (channel: string, message: string): Promise<void>
+  masters (): RedisScanNode[]
+  subscriber (name: string, events: RedisSubscriberEvents): RedisSubscriber
+  /** Calls `listener` each time the client's connection is back after a loss; returns the remover. */
+  onReconnect (listener: () => void): () => void
 }

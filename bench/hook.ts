@@ -1,0 +1,135 @@
+import crypto from 'node:crypto'
+import Fastify, { type FastifyInstance } from 'fastify'
+import Redis from 'ioredis'
+import { LRUCache } from 'lru-cache'
+import { setTimeout as sleep } from 'node:timers/promises'
+import fastifyAuthCache, { hashApiKey, type BackendName } from '../lib'
+import { startRedis } from '../test/helpers/redis-server'
+import { benchKeys } from './keys'
+import { median } from './percentiles'
+
+/**
+ * `npm run bench:hook`: what the plugin's onRequest hook costs per request over the least any
+ * API-key hook can do, measured in process with `inject()` so that no load generator shares
+ * the CPU. Three kinds of app serve the same route:
+ * - bare: no hook;
+ * - floor: a hook that hashes the key with `crypto.hash` and reads one lru-cache entry into a
+ *   decorated request property, the minimum of an API-key cache hit;
+ * - the plugin on a backend, every key cached in process memory.
+ * Each round runs a small batch of requests on every app, in a shuffled order; the figure is the
+ * median over rounds of the paired difference per request, which cancels the drift of a busy
+ * machine that separate runs would suffer from.
+ *
+ * Environment: BENCH_HOOK_ROUNDS (400), BENCH_HOOK_BATCH (40), BENCH_HOOK_SCOPED=1 adds a scoped route row.
+ */
+
+const ROUNDS = Number(process.env.BENCH_HOOK_ROUNDS || 400)
+const BATCH = Number(process.env.BENCH_HOOK_BATCH || 40)
+const KEYS = benchKeys(10)
+
+type OneShotHash = (algorithm: string, data: string, encoding: 'hex') => string
+const oneShot = (crypto as unknown as { hash: OneShotHash }).hash
+
+function bareApp (): FastifyInstance {
+  const app = Fastify({ logger: false })
+  app.get('/', async () => 'ok')
+  return app
+}
+
+function floorApp (): FastifyInstance {
+  const app = Fastify({ logger: false })
+  const cache = new LRUCache<string, { id: string }>({ max: 10_000 })
+  for (const [i, key] of KEYS.entries()) cache.set(oneShot('sha256', key, 'hex'), { id: `key-${i}` })
+  app.decorateRequest('floorKey', null)
+  app.addHook('onRequest', (request, _reply, done) => {
+    (request as unknown as { floorKey: unknown }).floorKey = cache.get(oneShot('sha256', request.headers['x-api-key'] as string, 'hex'))
+    done()
+  })
+  app.get('/', async () => 'ok')
+  return app
+}
+
+async function pluginApp (backend: BackendName, redis: Redis | undefined): Promise<FastifyInstance> {
+  const table = new Map(KEYS.map((key, i) => [hashApiKey(key), { id: `key-${i}`, active: true }]))
+  const app = Fastify({ logger: false })
+  await app.register(fastifyAuthCache, {
+    backend,
+    strict: true,
+    ...(redis !== undefined && { redis }),
+    apiKeys: { lookup: (keyHash) => table.get(keyHash) ?? null, ttlSeconds: 3600, keyPrefix: `bench:hook:${backend}:` }
+  })
+  app.get('/', async () => 'ok')
+  return app
+}
+
+/** Microseconds per request for one batch. */
+async function batch (app: FastifyInstance, round: number): Promise<number> {
+  const started = performance.now()
+  for (let i = 0; i < BATCH; i++) {
+    const response = await app.inject({ method: 'GET', url: '/', headers: { 'x-api-key': KEYS[(round + i) % KEYS.length] } })
+    if (response.statusCode !== 200) throw new Error(`answered ${response.statusCode}`)
+  }
+  return ((performance.now() - started) * 1000) / BATCH
+}
+
+export interface HookFigure { label: string, overBareUs: number, overFloorUs: number }
+
+export async function measureHook (redisUrl: string): Promise<HookFigure[]> {
+  const redis = new Redis(redisUrl)
+  const apps: Record<string, FastifyInstance> = {
+    bare: bareApp(),
+    floor: floorApp(),
+    memory: await pluginApp('memory', undefined),
+    tiered: await pluginApp('tiered', redis)
+  }
+  for (const app of Object.values(apps)) await app.ready()
+  // Warm every key into process memory (tiered serves from it once its channel is proven).
+  for (let r = 0; r < 200; r++) for (const app of Object.values(apps)) await batch(app, r)
+  await sleep(100)
+
+  const names = Object.keys(apps)
+  const samples = new Map(names.map((name) => [name, [] as number[]]))
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = [...names].sort(() => Math.random() - 0.5)
+    const times = new Map<string, number>()
+    for (const name of order) times.set(name, await batch(apps[name], round))
+    for (const name of names) samples.get(name)!.push(times.get(name)! - (name === 'bare' ? 0 : times.get('bare')!))
+  }
+  const floorOverBare = samples.get('floor')!
+  const figures: HookFigure[] = [{ label: 'floor: crypto.hash + one lru-cache get', overBareUs: median(floorOverBare), overFloorUs: 0 }]
+  for (const name of ['memory', 'tiered']) {
+    const overBare = samples.get(name)!
+    figures.push({
+      label: `fastify-auth-cache, ${name}`,
+      overBareUs: median(overBare),
+      overFloorUs: median(overBare.map((value, i) => value - floorOverBare[i]))
+    })
+  }
+  for (const app of Object.values(apps)) await app.close()
+  await redis.quit()
+  return figures
+}
+
+async function main (): Promise<void> {
+  const json = process.argv[2] === '--json'
+  const server = json ? undefined : await startRedis()
+  try {
+    const figures = await measureHook(json ? process.argv[3] : server!.url)
+    if (json) {
+      process.stdout.write(JSON.stringify(figures) + '\n')
+      return
+    }
+    console.log(`hook cost per request, median of paired differences over ${ROUNDS} rounds of ${BATCH} inject() each`)
+    console.log('| app | µs over bare | µs over floor |\n|---|---:|---:|')
+    for (const f of figures) console.log(`| ${f.label} | ${f.overBareUs.toFixed(2)} | ${f.overFloorUs.toFixed(2)} |`)
+  } finally {
+    await server?.destroy()
+  }
+}
+
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err)
+    process.exit(1)
+  })
+}

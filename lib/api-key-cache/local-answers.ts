@@ -1,0 +1,89 @@
+import { LRUCache } from 'lru-cache'
+import { FILL_WINDOW_MS } from '../limits'
+import type { ApiKeyRecord } from '../types'
+import { UNKNOWN_KEY, type CachedAnswer, type UnknownKey } from './store'
+
+/** What process memory looked like when a miss began; a later fill is checked against it. */
+export interface LocalTicket { flushes: number, removals: number, takenAt: number }
+
+/**
+ * Answers in process memory, synchronous: the memory backend and the tiered backend's first
+ * tier. Records and unknown keys live in two LRUs so that a flood of random keys from an
+ * attacker can only evict other unknown keys, never the records of real clients. lru-cache
+ * measures TTLs with `performance.now()`, so a clock change neither revives nor expires entries.
+ *
+ * It also guards fills: a fill is refused when a flush happened since its ticket was taken, or a
+ * removal of its own key did. Removals are remembered per key for FILL_WINDOW_MS, and a ticket
+ * older than that is refused, so the memory this takes is bounded by the removal rate.
+ */
+export class LocalAnswers {
+  readonly #records: LRUCache<string, ApiKeyRecord>
+  readonly #unknown: LRUCache<string, UnknownKey>
+  #flushes = 0
+  #removals = 0
+  readonly #removedAt = new Map<string, { removal: number, at: number }>()
+
+  constructor (max: number) {
+    // Every write passes its own TTL; the defaults only switch lru-cache's TTL tracking on.
+    // ttlResolution 0 reads the clock on each get; the default caches it for 1 ms behind a timer,
+    // and under load those timers cost more than the clock reads they save.
+    this.#records = new LRUCache({ max, ttl: 60_000, ttlResolution: 0 })
+    this.#unknown = new LRUCache({ max, ttl: 5_000, ttlResolution: 0 })
+  }
+
+  get size (): number {
+    return this.#records.size + this.#unknown.size
+  }
+
+  peek (keyHash: string): CachedAnswer | undefined {
+    return this.#records.get(keyHash) ?? this.#unknown.get(keyHash)
+  }
+
+  write (keyHash: string, answer: CachedAnswer, ttlMs: number): void {
+    if (!(ttlMs > 0)) return
+    if (answer === UNKNOWN_KEY) {
+      this.#records.delete(keyHash)
+      this.#unknown.set(keyHash, UNKNOWN_KEY, { ttl: ttlMs })
+    } else {
+      this.#unknown.delete(keyHash)
+      this.#records.set(keyHash, answer as ApiKeyRecord, { ttl: ttlMs })
+    }
+  }
+
+  remove (keyHash: string): void {
+    const now = performance.now()
+    this.#removals++
+    this.#removedAt.delete(keyHash)
+    this.#removedAt.set(keyHash, { removal: this.#removals, at: now })
+    // Oldest first (Map order): forget removals no ticket can still be waiting on.
+    for (const [hash, { at }] of this.#removedAt) {
+      if (now - at <= FILL_WINDOW_MS) break
+      this.#removedAt.delete(hash)
+    }
+    this.#records.delete(keyHash)
+    this.#unknown.delete(keyHash)
+  }
+
+  flush (): void {
+    this.#flushes++
+    this.#removedAt.clear()
+    this.#records.clear()
+    this.#unknown.clear()
+  }
+
+  ticket (): LocalTicket {
+    return { flushes: this.#flushes, removals: this.#removals, takenAt: performance.now() }
+  }
+
+  /** Whether nothing invalidated `keyHash` since `ticket` was taken. */
+  accepts (keyHash: string, ticket: LocalTicket): boolean {
+    if (ticket.flushes !== this.#flushes || performance.now() - ticket.takenAt > FILL_WINDOW_MS) return false
+    const removed = this.#removedAt.get(keyHash)
+    return removed === undefined || removed.removal <= ticket.removals
+  }
+
+  /** Writes unless `ticket` is void for `keyHash`. */
+  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: LocalTicket): void {
+    if (this.accepts(keyHash, ticket)) this.write(keyHash, answer, ttlMs)
+  }
+}

@@ -1,0 +1,154 @@
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import { isApiKeyRecord, rejectReason, type RejectReason } from '../api-keys/record'
+import { ApiKeyLookupFailedError } from '../errors'
+import type { ApiKeyLookup } from '../options'
+import type { ApiKeyRecord } from '../types'
+import type { Counters } from './stats'
+import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer } from './store'
+
+// During an outage every request fails over; one warning per interval says so without flooding the log.
+const WARN_INTERVAL_MS = 30_000
+
+/** A valid record, or why the key is refused. */
+export type Verdict = ApiKeyRecord | RejectReason
+
+export interface ResolverOptions {
+  store: ApiKeyStore
+  lookup: ApiKeyLookup
+  ttlSeconds: number
+  negativeTtlSeconds: number
+  counters: Counters
+  log: FastifyBaseLogger
+}
+
+function judge (answer: CachedAnswer): Verdict {
+  if (answer === UNKNOWN_KEY) return 'unknown'
+  return rejectReason(answer as ApiKeyRecord) ?? answer as ApiKeyRecord
+}
+
+/**
+ * The request path behind the hook: process memory first, synchronously; else one load per key
+ * in flight (the store, then `lookup`), whose answer is cached for as long as the TTL policy
+ * says. Each outcome is counted once, here.
+ */
+export class Resolver {
+  readonly #store: ApiKeyStore
+  readonly #lookup: ApiKeyLookup
+  readonly #ttlMs: number
+  readonly #negativeTtlMs: number
+  readonly #counters: Counters
+  readonly #log: FastifyBaseLogger
+  readonly #inFlight = new Map<string, Promise<CachedAnswer>>()
+  #lastWarnAt = -Infinity
+
+  constructor (options: ResolverOptions) {
+    this.#store = options.store
+    this.#lookup = options.lookup
+    this.#ttlMs = options.ttlSeconds * 1000
+    this.#negativeTtlMs = options.negativeTtlSeconds * 1000
+    this.#counters = options.counters
+    this.#log = options.log
+  }
+
+  /**
+   * Synchronous on a hit in process memory. Rejects with FST_API_KEY_LOOKUP_FAILED when
+   * `lookup` fails; never because of the cache.
+   */
+  resolve (keyHash: string, request: FastifyRequest): Verdict | Promise<Verdict> {
+    const cached = this.#store.peek(keyHash)
+    if (cached !== undefined) {
+      if (cached === UNKNOWN_KEY) {
+        this.#counters.negativeHits++
+        return 'unknown'
+      }
+      this.#counters.hits++
+      return rejectReason(cached as ApiKeyRecord) ?? cached as ApiKeyRecord
+    }
+    let pending = this.#inFlight.get(keyHash)
+    if (pending === undefined) {
+      pending = this.#load(keyHash, request).finally(() => this.#inFlight.delete(keyHash))
+      this.#inFlight.set(keyHash, pending)
+    } else {
+      this.#counters.coalesced++
+    }
+    return pending.then(judge)
+  }
+
+  async #load (keyHash: string, request: FastifyRequest): Promise<CachedAnswer> {
+    let ticket: unknown
+    try {
+      const loaded = await this.#store.load(keyHash)
+      if (loaded.answer !== undefined) {
+        if (loaded.answer === UNKNOWN_KEY) this.#counters.negativeHits++
+        else this.#counters.hits++
+        return loaded.answer
+      }
+      ticket = loaded.ticket
+    } catch (err) {
+      this.#backendFailed(err)
+    }
+
+    this.#counters.misses++
+    let answer: CachedAnswer
+    try {
+      answer = await this.#callLookup(keyHash, request)
+    } catch (err) {
+      if (ticket !== undefined) await this.#write(() => this.#store.release(keyHash, ticket))
+      throw err
+    }
+    // Without a ticket (the read failed, or Redis refused the claim) no write would be safe.
+    if (ticket !== undefined) {
+      const ttlMs = this.#ttlFor(answer)
+      await this.#write(() => ttlMs > 0 ? this.#store.fill(keyHash, answer, ttlMs, ticket) : this.#store.release(keyHash, ticket))
+    }
+    return answer
+  }
+
+  /** A write on the request path: a failure is counted and logged, and the request goes on. */
+  async #write (write: () => Promise<void>): Promise<void> {
+    try {
+      await write()
+    } catch (err) {
+      this.#backendFailed(err)
+    }
+  }
+
+  async #callLookup (keyHash: string, request: FastifyRequest): Promise<CachedAnswer> {
+    this.#counters.lookups++
+    let answer: unknown
+    try {
+      answer = await this.#lookup(keyHash, request)
+    } catch (err) {
+      this.#counters.lookupErrors++
+      request.log.error({ err, keyHash }, 'fastify-auth-cache: API key lookup failed')
+      throw new ApiKeyLookupFailedError()
+    }
+    if (answer === null || answer === undefined) return UNKNOWN_KEY
+    if (!isApiKeyRecord(answer)) {
+      this.#counters.lookupErrors++
+      request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
+      throw new ApiKeyLookupFailedError()
+    }
+    return answer
+  }
+
+  /** Records live until `ttlSeconds` or their own `expiresAt`; an expired record only as long as an unknown key. */
+  #ttlFor (answer: CachedAnswer): number {
+    if (answer === UNKNOWN_KEY) return this.#negativeTtlMs
+    const record = answer as ApiKeyRecord
+    if (record.expiresAt === undefined) return this.#ttlMs
+    const left = record.expiresAt - Date.now()
+    return left > 0 ? Math.min(this.#ttlMs, left) : this.#negativeTtlMs
+  }
+
+  #backendFailed (err: unknown): void {
+    this.#counters.backendErrors++
+    const now = Date.now()
+    if (now - this.#lastWarnAt >= WARN_INTERVAL_MS) {
+      this.#lastWarnAt = now
+      this.#log.warn({ err }, 'fastify-auth-cache: cache backend failed; authenticating through lookup until it recovers')
+    } else {
+      this.#log.debug({ err }, 'fastify-auth-cache: cache backend failed, using lookup')
+    }
+  }
+}

@@ -1,0 +1,40 @@
+import type { RejectReason } from '../api-keys/record'
+
+export type Rejection = 'missing' | 'malformed' | RejectReason
+
+export interface ApiKeyCacheStats {
+  /** Answers served from the cache: records. */
+  hits: number
+  /** Answers served from the cache: keys known to be unknown. */
+  negativeHits: number
+  /** Requests whose key the cache did not hold. */
+  misses: number
+  /** Calls to `lookup`. Misses for one key in flight together share one call. */
+  lookups: number
+  /** Misses that joined a `lookup` already in flight for the same key. */
+  coalesced: number
+  /** `lookup` threw, rejected or answered something that is not a record. */
+  lookupErrors: number
+  /** Cache reads or writes that failed or timed out; the request went on to `lookup`. */
+  backendErrors: number
+  /** Invalidations received from other processes (tiered). */
+  invalidations: number
+  /** Requests refused with 401, by reason. */
+  rejections: Record<Rejection, number>
+}
+
+/** The counters the request path increments, each in exactly one place. */
+export type Counters = Omit<ApiKeyCacheStats, 'invalidations'>
+
+export function createCounters (): Counters {
+  return {
+    hits: 0,
+    negativeHits: 0,
+    misses: 0,
+    lookups: 0,
+    coalesced: 0,
+    lookupErrors: 0,
+    backendErrors: 0,
+    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0 }
+  }
+}

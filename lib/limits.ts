@@ -1,0 +1,16 @@
+/** Bounds that several modules must agree on, defined once. */
+
+/**
+ * The longest a `lookup` may take and still have its answer cached. Process memory remembers a
+ * removal this long, and Redis keeps a fill's claim this long, so a fill that comes back later
+ * than this is simply not cached: it can never be checked against a removal already forgotten.
+ */
+export const FILL_WINDOW_MS = 30_000
+
+/** The bound on Redis calls off the request path (delete, clear, set, credentials, clean-up). */
+export const OFF_PATH_TIMEOUT_MS = 5_000
+
+/** Redis takes TTLs in whole milliseconds, and `PX 0` is an error. */
+export function wholeMs (ms: number): number {
+  return Math.max(1, Math.floor(ms))
+}

@@ -1,0 +1,162 @@
+import type { RedisAdapter, RedisArg, RedisScanNode, RedisScript, RedisSubscriber, RedisSubscriberEvents } from './client'
+
+/**
+ * The part of an ioredis (or iovalkey, its fork with the same API) `Redis` or `Cluster` used
+ * here, declared structurally so that a memory-only user needs neither library nor its types.
+ */
+interface IoredisLike {
+  options?: { keyPrefix?: string, redisOptions?: { keyPrefix?: string }, sentinels?: unknown }
+  isCluster?: boolean
+  status?: string
+  getBuffer (key: string): Promise<Buffer | null>
+  set (key: string, value: string | Buffer, ...args: unknown[]): Promise<unknown>
+  del (key: string): Promise<number>
+  unlink (...keys: string[]): Promise<number>
+  scan (cursor: string, ...args: unknown[]): Promise<[string, string[]]>
+  publish (channel: string, message: string): Promise<number>
+  defineCommand (name: string, definition: { numberOfKeys: number, lua: string }): void
+  duplicate (...args: unknown[]): IoredisLike
+  pipeline (): { exec (): Promise<Array<[Error | null, unknown]> | null>, [command: string]: any }
+  on (event: string, listener: (...args: any[]) => void): unknown
+  removeListener (event: string, listener: (...args: any[]) => void): unknown
+  subscribe (...channels: string[]): Promise<unknown>
+  quit (): Promise<unknown>
+  disconnect (): void
+  nodes? (role: 'master' | 'slave' | 'all'): IoredisLike[]
+  [command: string]: any
+}
+
+/** Duck typing: ioredis is an optional peer, so `instanceof` is not available. */
+export function isIoredis (value: unknown): value is IoredisLike {
+  if (typeof value !== 'object' || value === null) return false
+  const candidate = value as Record<string, unknown>
+  return typeof candidate.getBuffer === 'function' &&
+    typeof candidate.defineCommand === 'function' &&
+    typeof candidate.duplicate === 'function' &&
+    typeof candidate.pipeline === 'function'
+}
+
+function prefixOf (client: IoredisLike): string {
+  return client.options?.keyPrefix ?? client.options?.redisOptions?.keyPrefix ?? ''
+}
+
+/** ioredis runs a defined command by EVALSHA and falls back to EVAL when the script is not loaded. */
+function define (client: IoredisLike, script: RedisScript): string {
+  const name = `fastifyAuthCache_${script.name}`
+  if (typeof client[name] !== 'function') client.defineCommand(name, { numberOfKeys: script.keys, lua: script.lua })
+  return name
+}
+
+function scanNode (node: IoredisLike, oneKeyPerCommand: boolean): RedisScanNode {
+  // SCAN ignores the client's own keyPrefix and returns keys with it, while UNLINK adds the
+  // node's prefix again: strip it before deleting.
+  const nodePrefix = prefixOf(node)
+  return {
+    scan: (cursor, pattern, count) => node.scan(cursor, 'MATCH', pattern, 'COUNT', count),
+    async unlink (storedKeys) {
+      const keys = storedKeys.map((key) => key.slice(nodePrefix.length))
+      if (!oneKeyPerCommand) return await node.unlink(...keys)
+      // Cluster nodes refuse multi-key commands across hash slots.
+      const pipeline = node.pipeline()
+      for (const key of keys) pipeline.unlink(key)
+      let removed = 0
+      for (const [err, count] of (await pipeline.exec()) ?? []) {
+        if (err) throw err
+        removed += count as number
+      }
+      return removed
+    }
+  }
+}
+
+export function ioredisAdapter (client: IoredisLike): RedisAdapter {
+  const cluster = client.isCluster === true && typeof client.nodes === 'function'
+  return {
+    keyPrefix: prefixOf(client),
+
+    run (script: RedisScript, keys: string[], args: RedisArg[]) {
+      return client[define(client, script)](...keys, ...args)
+    },
+
+    async runReplicated (script, keys, args, replicas, timeoutMs) {
+      // One pipeline: a Cluster sends it whole to the node owning the keys, so WAIT counts the
+      // replicas of that very node, on the connection that ran the script.
+      const name = define(client, script)
+      const results = (await client.pipeline()[name](...keys, ...args).wait(replicas, timeoutMs).exec()) ?? []
+      for (const [err] of results) if (err) throw err
+      return [results[0][1], Number(results[1][1])]
+    },
+
+    knownReplicas () {
+      if (!cluster) return 0
+      const masters = client.nodes!('master').length
+      return masters === 0 ? 0 : Math.floor(client.nodes!('slave').length / masters)
+    },
+
+    getBuffer: (key) => client.getBuffer(key),
+    async set (key, value, ttlMs) {
+      await (ttlMs === undefined ? client.set(key, value) : client.set(key, value, 'PX', ttlMs))
+    },
+    async setIfAbsent (key, value, ttlMs) {
+      return (await client.set(key, value, 'PX', ttlMs, 'NX')) === 'OK'
+    },
+    del: (key) => client.del(key),
+    async publish (channel, message) {
+      await client.publish(channel, message)
+    },
+
+    masters () {
+      return cluster ? client.nodes!('master').map((node) => scanNode(node, true)) : [scanNode(client, false)]
+    },
+
+    subscriber (name: string, events: RedisSubscriberEvents): RedisSubscriber {
+      const settings = { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: name }
+      // Cluster.duplicate takes the startup nodes first; the copy keeps TLS, auth and Sentinel settings.
+      const connection: IoredisLike = cluster
+        ? client.duplicate([], { redisOptions: settings })
+        : client.duplicate({ ...settings, retryStrategy: (times: number) => Math.min(times * 50, 500) })
+      const onLost = (): void => events.lost()
+      const onReady = (): void => events.ready()
+      // ioredis reconnects by itself; without an error listener an error would crash the process.
+      const onError = (): void => {}
+      connection.on('message', events.message)
+      connection.on('close', onLost)
+      connection.on('end', onLost)
+      connection.on('ready', onReady)
+      connection.on('error', onError)
+      return {
+        async subscribe (channels) {
+          await connection.subscribe(...channels)
+        },
+        async close (timeoutMs) {
+          connection.removeListener('close', onLost)
+          connection.removeListener('end', onLost)
+          connection.removeListener('ready', onReady)
+          // While Redis is unreachable, QUIT waits behind the queued SUBSCRIBE for ever: bound it.
+          let timer: NodeJS.Timeout | undefined
+          const bound = new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })
+          await Promise.race([connection.quit().catch(() => {}), bound])
+          clearTimeout(timer)
+          connection.disconnect()
+        }
+      }
+    },
+
+    onReconnect (listener) {
+      // 'ready' also fires for the first connection, which has lost nothing.
+      let lost = false
+      const onLost = (): void => { lost = true }
+      const onReady = (): void => {
+        if (!lost) return
+        lost = false
+        listener()
+      }
+      client.on('close', onLost)
+      client.on('ready', onReady)
+      return () => {
+        client.removeListener('close', onLost)
+        client.removeListener('ready', onReady)
+      }
+    }
+  }
+}
