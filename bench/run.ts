@@ -7,6 +7,7 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import type { ApiKeyCacheStats } from '../lib'
 import { startRedis, type RedisServer } from '../test/helpers/redis-server'
+import { figuresFromResults, resultsChart } from './chart'
 import type { HotPathFigure } from './hot-path'
 import { Peer } from './ipc'
 import { benchKeys } from './keys'
@@ -21,7 +22,7 @@ import { measureRevocation } from './revocation'
  * over loopback HTTP by autocannon in this process, for several short rounds in shuffled order so
  * that a busy neighbour or a change of CPU frequency weighs on every row alike. Then revocation latency
  * across two processes and the hot path on one thread. Prints a Markdown report and writes
- * bench/RESULTS.md.
+ * bench/RESULTS.md, and the chart of its figures, bench/results.svg.
  *
  * Environment: BENCH_QUICK=1 for a smoke run (2 rounds x 1 s instead of 5 x 2 s, a 10,000-key
  * large table, 100 revocations); BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS,
@@ -265,8 +266,10 @@ async function main (): Promise<void> {
     }
     const markdown = markdownReport(report, command())
     writeFileSync(join(__dirname, 'RESULTS.md'), markdown)
+    // Drawn from the report just written, so that the chart shows exactly its figures.
+    writeFileSync(join(__dirname, 'results.svg'), resultsChart(figuresFromResults(markdown)))
     console.log(markdown)
-    log('written to bench/RESULTS.md')
+    log('written to bench/RESULTS.md and bench/results.svg')
   } finally {
     await cleanUp()
   }
