@@ -5,6 +5,10 @@ export const MAX_KEY_LENGTH = 1024
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/ // eslint-disable-line no-control-regex
 const BEARER = /^bearer$/i
 const SPACES = /^ +| +$/g
+// Headers of which Node's IncomingMessage keeps the first value and drops repeats.
+const FIRST_ONLY = new Set(['age', 'authorization', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host',
+  'if-modified-since', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization',
+  'referer', 'retry-after', 'server', 'user-agent'])
 
 // Control characters, so that no key can be mistaken for them (a key holding one is malformed).
 /** No key: the header is absent or empty, or `Authorization` carries another scheme. */
@@ -20,9 +24,10 @@ export function extractKey (request: FastifyRequest, header: string): string {
   let value = request.headers[header]
   if (value === undefined) return MISSING
   if (typeof value !== 'string') return value.length === 0 ? MISSING : MALFORMED
-  // Node keeps only the first Authorization and joins repeated custom headers with ', ', so a
-  // repeat is only visible in rawHeaders; a proxy may have read another copy than we would.
-  if (isRepeated(request.raw.rawHeaders, header)) return MALFORMED
+  // A proxy may have read another copy of a repeated header than we would. Node joins repeats
+  // of most headers with ', ', and keeps only the first of a few (Authorization among them),
+  // where a repeat shows only in rawHeaders; scanning those costs more than the rest of this.
+  if ((FIRST_ONLY.has(header) || value.includes(',')) && isRepeated(request.raw.rawHeaders, header)) return MALFORMED
   if (header === 'authorization') {
     const space = value.indexOf(' ')
     if (space === -1 || !BEARER.test(value.slice(0, space))) return MISSING
