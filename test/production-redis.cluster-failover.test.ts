@@ -19,7 +19,7 @@ import {
 
 const KEY_PREFIX = 'apikey:'
 const DOOMED = 10
-const SWEEP_MS = 5000
+const SWEEP_MS = 4000
 
 describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica held back, then CLUSTER FAILOVER TAKEOVER', () => {
   let cluster: ReplicatedCluster

@@ -20,7 +20,7 @@ import { startRedis } from './helpers/redis-server'
 const REVOKED = 6
 const KEPT = 3
 // After the 2000 ms bound, the revoked keys are requested for this much longer.
-const KEEP_CHECKING_MS = 4000
+const KEEP_CHECKING_MS = 3000
 
 describe('Restart from an older snapshot: SAVE, revoke, kill Redis, restart it from the snapshot', () => {
   let server: RedisServer
