@@ -19,7 +19,7 @@ interface ClusterNodeProcess {
 }
 
 /** Runs a command to its end, with a deadline; resolves with its exit code and output. */
-async function run (command: string, args: string[], timeoutMs: number): Promise<{ code: number | null, output: string }> {
+export async function run (command: string, args: string[], timeoutMs: number): Promise<{ code: number | null, output: string }> {
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
@@ -37,7 +37,7 @@ async function run (command: string, args: string[], timeoutMs: number): Promise
 }
 
 /** A node's own view, through a short-lived connection that never queues or retries. */
-async function probe<T> (port: number, ask: (client: Redis) => Promise<T>): Promise<T | undefined> {
+export async function probe<T> (port: number, ask: (client: Redis) => Promise<T>): Promise<T | undefined> {
   const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null })
   client.on('error', () => {})
   try {

@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import Redis from 'ioredis'
+import Redis, { type RedisOptions } from 'ioredis'
 import { after, before } from 'node:test'
 
 /** A port the kernel just handed out on loopback, free at the time of asking. */
@@ -19,29 +19,70 @@ export async function freePort (): Promise<number> {
   return port
 }
 
+/** PEM files of a server certificate and of the CA that signed it. */
+export interface TlsFiles {
+  certFile: string
+  keyFile: string
+  caFile: string
+}
+
+export interface RedisServerOptions {
+  /** `requirepass`: the default user needs this password; the server's own clients send it. */
+  password?: string
+  /** Serve TLS only (`--port 0 --tls-port <port>`), without client certificates. */
+  tls?: TlsFiles
+}
+
 /**
  * A private redis-server on a free loopback port, so each test file can stop, stall, restart
- * or empty it without touching anyone else's Redis.
+ * or empty it without touching anyone else's Redis. Nothing is saved on its own, but a `SAVE`
+ * writes `dump.rdb` in its private directory, which the next `start()` (same port, same
+ * directory) loads: that is a restart from a snapshot.
  */
 export class RedisServer {
   port = 0
   private process: ChildProcess | undefined
-  private readonly dir = mkdtempSync(join(tmpdir(), 'fastify-auth-cache-redis-'))
+  readonly dir = mkdtempSync(join(tmpdir(), 'fastify-auth-cache-redis-'))
   private readonly extraArgs: string[]
+  private readonly options: RedisServerOptions
 
-  constructor (extraArgs: string[] = []) {
+  constructor (extraArgs: string[] = [], options: RedisServerOptions = {}) {
     this.extraArgs = extraArgs
+    this.options = options
   }
 
   get url (): string {
-    return `redis://127.0.0.1:${this.port}`
+    return `${this.options.tls === undefined ? 'redis' : 'rediss'}://127.0.0.1:${this.port}`
+  }
+
+  /** The process id while it runs, for signals (SIGSTOP/SIGCONT) a test sends itself. */
+  get pid (): number | undefined {
+    return this.process?.pid
+  }
+
+  /** What an ioredis client needs to reach this server: host, port, and the password or CA if any. */
+  connectionOptions (): RedisOptions {
+    const { password, tls } = this.options
+    return {
+      host: '127.0.0.1',
+      port: this.port,
+      ...(password === undefined ? {} : { password }),
+      ...(tls === undefined ? {} : { tls: { ca: readFileSync(tls.caFile) } })
+    }
   }
 
   async start (): Promise<this> {
     if (this.port === 0) this.port = await freePort()
+    const { password, tls } = this.options
+    const listen = tls === undefined
+      ? ['--port', String(this.port)]
+      : ['--port', '0', '--tls-port', String(this.port), '--tls-cert-file', tls.certFile,
+          '--tls-key-file', tls.keyFile, '--tls-ca-cert-file', tls.caFile, '--tls-auth-clients', 'no']
     const child = spawn('redis-server', [
-      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--dir', this.dir, '--protected-mode', 'no', ...this.extraArgs
+      ...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--dir', this.dir, '--protected-mode', 'no',
+      ...(password === undefined ? [] : ['--requirepass', password]),
+      ...this.extraArgs
     ], { stdio: ['ignore', 'pipe', 'pipe'] })
     this.process = child
     let output = ''
@@ -60,7 +101,7 @@ export class RedisServer {
   }
 
   private async ping (): Promise<boolean> {
-    const probe = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null })
+    const probe = new Redis({ ...this.connectionOptions(), lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null })
     probe.on('error', () => {})
     try {
       await probe.connect()
@@ -82,7 +123,7 @@ export class RedisServer {
     this.process = undefined
   }
 
-  /** A restart on the same port: empty, since nothing is saved. */
+  /** A restart on the same port: empty, unless a `SAVE` left a snapshot, which it then loads. */
   async restart (): Promise<void> {
     await this.stop()
     await this.start()
@@ -90,7 +131,7 @@ export class RedisServer {
 
   /** A client for the test itself to look at and change what is stored. */
   client (options: Record<string, unknown> = {}): Redis {
-    const client = new Redis({ port: this.port, host: '127.0.0.1', maxRetriesPerRequest: 1, ...options })
+    const client = new Redis({ ...this.connectionOptions(), maxRetriesPerRequest: 1, ...options })
     client.on('error', () => {})
     return client
   }
@@ -101,8 +142,8 @@ export class RedisServer {
   }
 }
 
-export async function startRedis (extraArgs: string[] = []): Promise<RedisServer> {
-  return await new RedisServer(extraArgs).start()
+export async function startRedis (extraArgs: string[] = [], options: RedisServerOptions = {}): Promise<RedisServer> {
+  return await new RedisServer(extraArgs, options).start()
 }
 
 export interface PrivateRedis {

@@ -1,0 +1,250 @@
+/**
+ * What the "Redis as production runs it" scenarios share: a source of truth the test controls,
+ * in-process apps (each one a "process" with its own Redis client), requests timed on one clock,
+ * and a ledger that judges every answer against the revocations that resolved before it.
+ */
+import assert from 'node:assert/strict'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Cluster, Redis } from 'ioredis'
+import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../../lib'
+import { deferred, type Deferred } from './api-key-cache-contract'
+
+export type SharedBackend = 'redis' | 'tiered'
+export const SHARED_BACKENDS: SharedBackend[] = ['redis', 'tiered']
+
+/** CONTRACT section 4: while Redis is healthy, and around faults. */
+export const HEALTHY_BOUND_MS = 10
+export const FAULT_BOUND_MS = 2000
+
+/** Milliseconds on one monotonic clock shared by every app of the test process. */
+export const now = (): number => performance.now()
+
+/** Sleeps until the shared clock reads at least `at` (timers may fire a fraction of a millisecond early). */
+export async function sleepUntil (at: number): Promise<void> {
+  while (now() < at) await sleep(Math.max(1, Math.ceil(at - now())))
+}
+
+export interface TestKey { key: string, hash: string }
+
+export function newTestKey (prefix = 'prod'): TestKey {
+  return generateApiKey({ prefix })
+}
+
+export function activeRecord (id: string): ApiKeyRecord {
+  return { id, active: true } as ApiKeyRecord
+}
+
+/**
+ * The source of truth behind every app's `lookup`. A lookup reads the table when it is called,
+ * as a database query would, and may then take a while to answer what it read: an answer still
+ * travelling back when the record changes is stale.
+ */
+export class TruthTable {
+  private readonly records = new Map<string, ApiKeyRecord>()
+  private readonly slow = new Map<string, { ms: number, started: Deferred<void> }>()
+  private readonly counts = new Map<string, number>()
+  lookups = 0
+
+  set (hash: string, record: ApiKeyRecord | null): void {
+    if (record === null) this.records.delete(hash)
+    else this.records.set(hash, record)
+  }
+
+  calls (hash: string): number {
+    return this.counts.get(hash) ?? 0
+  }
+
+  /** The next lookup of `hash` answers `ms` after reading the table; resolves when it has read it. */
+  slowNext (hash: string, ms: number): Promise<void> {
+    const started = deferred<void>()
+    this.slow.set(hash, { ms, started })
+    return started.promise
+  }
+
+  readonly lookup = async (hash: string): Promise<ApiKeyRecord | null> => {
+    this.lookups++
+    this.counts.set(hash, this.calls(hash) + 1)
+    const answer = this.records.get(hash) ?? null
+    const slow = this.slow.get(hash)
+    if (slow !== undefined) {
+      this.slow.delete(hash)
+      slow.started.resolve()
+      await sleep(slow.ms)
+    }
+    return answer
+  }
+}
+
+export interface ScenarioApp {
+  name: string
+  app: FastifyInstance
+}
+
+export interface AppSettings {
+  name: string
+  backend: SharedBackend
+  redis: Redis | Cluster
+  source: TruthTable
+  /** Default 1000: a stall of a loaded machine is not the subject here. */
+  redisTimeoutMs?: number
+  apiKeys?: Omit<NonNullable<FastifyAuthCacheOptions['apiKeys']>, 'lookup'>
+  credentials?: FastifyAuthCacheOptions['credentials']
+  /** Wait for `ready()`; default true. */
+  ready?: boolean
+}
+
+/**
+ * Apps of one test, closed together (and their clients with them: the plugin never closes a
+ * client it did not create).
+ */
+export class AppSet {
+  private readonly apps: ScenarioApp[] = []
+  private readonly clients: Array<Redis | Cluster> = []
+
+  async start (settings: AppSettings): Promise<ScenarioApp> {
+    const app = Fastify({ logger: false })
+    this.clients.push(settings.redis)
+    const entry = { name: settings.name, app }
+    this.apps.push(entry)
+    await app.register(fastifyAuthCache, {
+      backend: settings.backend,
+      strict: true,
+      redis: settings.redis,
+      redisTimeoutMs: settings.redisTimeoutMs ?? 1000,
+      apiKeys: { ...settings.apiKeys, lookup: settings.source.lookup },
+      ...(settings.credentials === undefined ? {} : { credentials: settings.credentials })
+    })
+    app.get('/', async (request) => ({ id: request.apiKey.id }))
+    if (settings.ready !== false) await app.ready()
+    return entry
+  }
+
+  async closeAll (): Promise<void> {
+    await Promise.all(this.apps.splice(0).map(({ app }) => app.close().catch(() => {})))
+    for (const client of this.clients.splice(0)) client.disconnect()
+  }
+}
+
+export interface Answer {
+  app: string
+  status: number
+  code: string | undefined
+  startedAt: number
+  endedAt: number
+}
+
+/** One GET through the hook, timed on the shared clock. */
+export async function request ({ name, app }: ScenarioApp, key: string): Promise<Answer> {
+  const startedAt = now()
+  const response = await app.inject({ method: 'GET', url: '/', headers: { 'x-api-key': key } })
+  const endedAt = now()
+  const code = response.statusCode === 200 ? undefined : (response.json() as { code?: string }).code
+  return { app: name, status: response.statusCode, code, startedAt, endedAt }
+}
+
+interface Revoked { key: string, resolvedAt: number, boundMs: number, label: string }
+
+export interface Violation { key: string, label: string, app: string, startedAfterResolveMs: number }
+
+/**
+ * Judges answers against revocations: a revoked key answered 200 to a request that started more
+ * than `boundMs` after its `delete()` resolved was accepted; any 5xx is an error; a key that was
+ * never revoked and is active at the source must be answered 200.
+ */
+export class RevocationLedger {
+  private readonly revoked = new Map<string, Revoked>()
+  private readonly valid = new Set<string>()
+  readonly violations: Violation[] = []
+  readonly serverErrors: Array<{ app: string, status: number, code: string | undefined }> = []
+  readonly validRefused: Array<{ app: string, status: number, code: string | undefined }> = []
+  readonly statuses: Record<string, number> = {}
+  answers = 0
+
+  markValid (key: string): void {
+    this.valid.add(key)
+  }
+
+  markRevoked (key: string, resolvedAt: number, boundMs: number, label = ''): void {
+    this.valid.delete(key)
+    this.revoked.set(key, { key, resolvedAt, boundMs, label })
+  }
+
+  isRevoked (key: string): boolean {
+    return this.revoked.has(key)
+  }
+
+  get revokedCount (): number {
+    return this.revoked.size
+  }
+
+  observe (key: string, answer: Answer): void {
+    this.answers++
+    this.statuses[answer.status] = (this.statuses[answer.status] ?? 0) + 1
+    if (answer.status >= 500) this.serverErrors.push({ app: answer.app, status: answer.status, code: answer.code })
+    const revoked = this.revoked.get(key)
+    if (revoked !== undefined && answer.status === 200) {
+      const after = answer.startedAt - revoked.resolvedAt
+      if (after > revoked.boundMs) {
+        this.violations.push({ key: `…${key.slice(-6)}`, label: revoked.label, app: answer.app, startedAfterResolveMs: Math.round(after) })
+      }
+    }
+    if (this.valid.has(key) && answer.status !== 200) this.validRefused.push({ app: answer.app, status: answer.status, code: answer.code })
+  }
+
+  /** Sends one request and judges it. */
+  async check (app: ScenarioApp, key: string): Promise<Answer> {
+    const answer = await request(app, key)
+    this.observe(key, answer)
+    return answer
+  }
+
+  summary (): string {
+    const keysByLabel: Record<string, Set<string>> = {}
+    for (const violation of this.violations) (keysByLabel[violation.label] ??= new Set()).add(violation.key)
+    const keys = Object.fromEntries(Object.entries(keysByLabel).map(([label, set]) => [label, set.size]))
+    const worst = this.violations.reduce((max, violation) => Math.max(max, violation.startedAfterResolveMs), 0)
+    return `${this.answers} answers ${JSON.stringify(this.statuses)}; ${this.revokedCount} revocations resolved; ` +
+      `${this.violations.length} answers accepted a revoked key past its bound` +
+      (this.violations.length === 0
+        ? ''
+        : ` (distinct revoked keys accepted, by revocation label: ${JSON.stringify(keys)}; latest started ${worst} ms after its delete() resolved; first: ${JSON.stringify(this.violations.slice(0, 3))})`) +
+      `; ${this.serverErrors.length} 5xx; ${this.validRefused.length} valid keys refused`
+  }
+
+  assertClean (what: string): void {
+    assert.equal(this.serverErrors.length, 0, `${what}: server errors: ${JSON.stringify(this.serverErrors.slice(0, 5))}; ${this.summary()}`)
+    assert.equal(this.violations.length, 0, `${what}: revoked keys accepted after delete() resolved: ${this.summary()}`)
+    assert.equal(this.validRefused.length, 0, `${what}: valid keys refused: ${JSON.stringify(this.validRefused.slice(0, 5))}; ${this.summary()}`)
+  }
+}
+
+/** Calls `revoke` until it resolves (a delete may reject during a failover), up to `deadlineMs`. */
+export async function untilResolved (revoke: () => Promise<void>, deadlineMs = 30_000, pauseMs = 100): Promise<{ resolvedAt: number, rejections: string[] }> {
+  const deadline = now() + deadlineMs
+  const rejections: string[] = []
+  for (;;) {
+    try {
+      await revoke()
+      return { resolvedAt: now(), rejections }
+    } catch (err) {
+      rejections.push((err as Error).message)
+      if (now() > deadline) throw new Error(`delete() kept rejecting for ${deadlineMs} ms: ${rejections.slice(-3).join(' | ')}`)
+      await sleep(pauseMs)
+    }
+  }
+}
+
+/** Nearest-rank percentile of unsorted samples. */
+export function percentile (samples: number[], p: number): number {
+  const sorted = [...samples].sort((x, y) => x - y)
+  return sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)] ?? NaN
+}
+
+/** Runs `task(i)` for i in [0, count) with at most `concurrency` at a time. */
+export async function inParallel (count: number, concurrency: number, task: (i: number) => Promise<void>): Promise<void> {
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, async () => {
+    while (next < count) await task(next++)
+  }))
+}

@@ -1,0 +1,209 @@
+/**
+ * CONTRACT 4a, "A least-privilege ACL user" and "TLS, passwords and ACL users on every
+ * connection, including any the plugin makes itself".
+ *
+ * - ACL: a user granted only `~apikey:* ~credentials:* &fastify-auth-cache:* +@all -@dangerous
+ *   +info`. Every feature works (the hook on hits, misses and unknown keys; delete, clear,
+ *   set/get; the credential store's load, save, update and clear), no Redis call fails on the
+ *   request path, and `ACL LOG` records nothing: the plugin touched no other key or channel and
+ *   sent no command outside the grant.
+ * - requirepass, and TLS (with a password too): a tiered app, whose subscriber connection is a
+ *   `duplicate()` of the user's client, serves hits from process memory and refuses a key that
+ *   another app deleted within the healthy bound, which it can only do if that connection
+ *   authenticated (and spoke TLS) and hears the invalidation channel.
+ */
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type Redis from 'ioredis'
+import type { RedisOptions } from 'ioredis'
+import { requestPathCommandCalls } from './helpers/command-stats'
+import { startRedis, type RedisServer } from './helpers/redis-server'
+import {
+  aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, waitFor, type AclUser
+} from './helpers/redis-topologies'
+import {
+  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, request, SHARED_BACKENDS, TruthTable, type ScenarioApp
+} from './helpers/production-redis'
+
+describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-cache:* +@all -@dangerous +info)', () => {
+  let server: RedisServer
+  let admin: Redis
+  let user: AclUser
+
+  before(async () => {
+    server = await startRedis()
+    admin = server.client()
+    user = await createLeastPrivilegeUser(admin)
+  })
+
+  after(async () => {
+    admin?.disconnect()
+    await server?.destroy()
+  })
+
+  for (const backend of SHARED_BACKENDS) {
+    test(`${backend}: every feature works and ACL LOG stays empty`, { timeout: 60_000 }, async (t) => {
+      await resetAclLog(admin)
+      const source = new TruthTable()
+      const apps = new AppSet()
+      t.after(() => apps.closeAll())
+      const options: RedisOptions = { ...server.connectionOptions(), username: user.username, password: user.password }
+      const a = await apps.start({ name: 'A', backend, redis: appClient(options), source })
+      const b = await apps.start({ name: 'B', backend, redis: appClient(options), source })
+      const pair: ScenarioApp[] = [a, b]
+      const failures: string[] = []
+      const step = async (what: string, run: () => Promise<void>): Promise<void> => {
+        try {
+          await run()
+        } catch (err) {
+          failures.push(`${what}: ${(err as Error).message}`)
+        }
+      }
+      const expectStatus = async (app: ScenarioApp, key: string, status: number, what: string): Promise<void> => {
+        const answer = await request(app, key)
+        assert.equal(answer.status, status, `${what} on ${app.name}: ${answer.status} ${answer.code ?? ''}`)
+      }
+
+      const valid = newTestKey('acl')
+      source.set(valid.hash, activeRecord('acl-valid'))
+      const unknown = newTestKey('acl')
+      await step('the hook: a miss, then hits', async () => {
+        for (const app of pair) {
+          await expectStatus(app, valid.key, 200, 'miss')
+          await expectStatus(app, valid.key, 200, 'hit')
+        }
+        assert.ok(pair.every(({ app }) => app.apiKeyCache.stats().hits >= 1), 'hits were counted')
+      })
+      await step('the hook: an unknown key, then a cached unknown key', async () => {
+        for (const app of pair) {
+          await expectStatus(app, unknown.key, 401, 'unknown')
+          await expectStatus(app, unknown.key, 401, 'cached unknown')
+        }
+      })
+      await step('set and get', async () => {
+        const hash = newTestKey('acl').hash
+        await a.app.apiKeyCache.set(hash, activeRecord('acl-set'), 60)
+        assert.equal((await a.app.apiKeyCache.get(hash))?.id, 'acl-set')
+        assert.equal((await b.app.apiKeyCache.get(hash))?.id, 'acl-set')
+      })
+      await step('delete', async () => {
+        source.set(valid.hash, null)
+        await a.app.apiKeyCache.delete(valid.hash)
+        const resolvedAt = now()
+        await expectStatus(a, valid.key, 401, 'deleted')
+        await sleepUntil(resolvedAt + HEALTHY_BOUND_MS)
+        await expectStatus(b, valid.key, 401, 'deleted in the other app')
+      })
+      await step('clear', async () => {
+        const cleared = newTestKey('acl')
+        source.set(cleared.hash, activeRecord('acl-cleared'))
+        for (const app of pair) await expectStatus(app, cleared.key, 200, 'before clear')
+        source.set(cleared.hash, null)
+        await b.app.apiKeyCache.clear()
+        const resolvedAt = now()
+        await expectStatus(b, cleared.key, 401, 'cleared')
+        await sleepUntil(resolvedAt + HEALTHY_BOUND_MS)
+        await expectStatus(a, cleared.key, 401, 'cleared in the other app')
+      })
+      await step('credentialStore save and load', async () => {
+        await a.app.credentialStore.save({ token: 'acl-1' })
+        assert.deepEqual(await b.app.credentialStore.load(), { token: 'acl-1' })
+      })
+      await step('credentialStore update', async () => {
+        const next = await b.app.credentialStore.update((current) => ({ ...(current as object | undefined), token: 'acl-2' }))
+        assert.deepEqual(next, { token: 'acl-2' })
+        assert.deepEqual(await a.app.credentialStore.load(), { token: 'acl-2' })
+      })
+      await step('credentialStore clear', async () => {
+        await a.app.credentialStore.clear()
+        assert.equal(await b.app.credentialStore.load(), undefined)
+      })
+      for (const app of pair) {
+        const errors = app.app.apiKeyCache.stats().backendErrors
+        if (errors !== 0) failures.push(`${app.name}: stats().backendErrors is ${errors}: a Redis call on the request path failed`)
+      }
+      // Heartbeats and subscriptions keep going: give them a moment to be refused, if they are.
+      await sleep(1000)
+      const log = await aclLog(admin)
+      if (log.length > 0) {
+        failures.push(`ACL LOG: ${log.map((entry) => `${entry.reason} ${entry.context} "${entry.object}" by ${entry.username} (x${entry.count})`).join('; ')}`)
+      }
+      assert.deepEqual(failures, [], `with ACL user rules ${user.rules.join(' ')}:\n${failures.join('\n')}`)
+    })
+  }
+})
+
+/**
+ * A tiered app A and B on `server`, with clients made from `options`: B serves a key from process
+ * memory (a hit that sends no request-path command to Redis), then refuses it once A deleted it.
+ */
+async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) => void, diagnostic: (message: string) => void },
+  admin: Redis, options: RedisOptions): Promise<void> {
+  const source = new TruthTable()
+  const apps = new AppSet()
+  t.after(() => apps.closeAll())
+  const a = await apps.start({ name: 'A', backend: 'tiered', redis: appClient(options), source })
+  const b = await apps.start({ name: 'B', backend: 'tiered', redis: appClient(options), source })
+
+  const { key, hash } = newTestKey('conn')
+  source.set(hash, activeRecord('conn'))
+  for (const app of [a, b]) assert.equal((await request(app, key)).status, 200)
+  // Served from process memory: only possible while the app's own subscriber connection works.
+  await waitFor('B serves the key from process memory', 10_000, async () => {
+    const hitsBefore = b.app.apiKeyCache.stats().hits
+    const before = await requestPathCommandCalls(admin)
+    const answer = await request(b, key)
+    const after = await requestPathCommandCalls(admin)
+    assert.equal(answer.status, 200)
+    return after === before && b.app.apiKeyCache.stats().hits === hitsBefore + 1
+  })
+
+  source.set(hash, null)
+  await a.app.apiKeyCache.delete(hash)
+  const resolvedAt = now()
+  await sleepUntil(resolvedAt + HEALTHY_BOUND_MS)
+  const answer = await request(b, key)
+  t.diagnostic(`B's first request ${(answer.startedAt - resolvedAt).toFixed(1)} ms after the delete in A resolved: ${answer.status}`)
+  assert.equal(answer.status, 401, 'B refuses the key A deleted')
+  assert.ok(b.app.apiKeyCache.stats().invalidations >= 1, 'B received the invalidation')
+}
+
+describe('requirepass: a tiered app and its own subscriber connection authenticate', () => {
+  let server: RedisServer
+  let admin: Redis
+
+  before(async () => {
+    server = await startPasswordRedis()
+    admin = server.client()
+  })
+
+  after(async () => {
+    admin?.disconnect()
+    await server?.destroy()
+  })
+
+  test('hits from process memory; a delete in one app is refused by the other within the bound', { timeout: 60_000 }, async (t) => {
+    await hitsAndCrossAppRevocation(t, admin, server.connectionOptions())
+  })
+})
+
+describe('TLS (with a password): a tiered app and its own subscriber connection speak TLS', () => {
+  let server: RedisServer
+  let admin: Redis
+
+  before(async () => {
+    server = await startTlsRedis({ password: 'tls-secret' })
+    admin = server.client()
+  })
+
+  after(async () => {
+    admin?.disconnect()
+    await server?.destroy()
+  })
+
+  test('hits from process memory; a delete in one app is refused by the other within the bound', { timeout: 60_000 }, async (t) => {
+    assert.match(server.url, /^rediss:/)
+    await hitsAndCrossAppRevocation(t, admin, server.connectionOptions())
+  })
+})
