@@ -40,6 +40,7 @@ export { jsonSerializer, type CredentialSerializer, type SerializerContext } fro
 export { encryptedSerializer, type EncryptionKeys } from './credentials/encrypted-serializer'
 export type { ApiKeyCache, ApiKeyCacheStats, ApiKeyLookup } from './api-key-cache/api-key-cache'
 export type { CredentialStore, UpdateOptions } from './credentials/credential-store'
+export type { GetFreshOptions } from './credentials/get-fresh'
 export type { FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions } from './options'
 export type { RedisClient } from './redis/client'
 export type { ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential } from './types'

@@ -5,6 +5,7 @@ import {
   InvalidOptionError
 } from '../errors'
 import type { CredentialByteStore } from './byte-store'
+import { getFresh, type GetFreshOptions } from './get-fresh'
 import type { KeyedMutex } from './keyed-mutex'
 import type { CredentialSerializer, SerializerContext } from './serializer'
 
@@ -118,6 +119,19 @@ export class CredentialStore<T = unknown> {
     } finally {
       release()
     }
+  }
+
+  /**
+   * A value `isFresh` accepts now: the stored one, or one `refresh` made under the update lock
+   * after re-reading it, once per expiry across every process sharing the backend (get-fresh.ts).
+   */
+  getFresh (options: GetFreshOptions<T>): Promise<T> {
+    return getFresh({
+      key: this.ctx.key,
+      owner: this.settings.bytes,
+      load: () => this.load(),
+      update: (fn, updateOptions) => this.update(fn, updateOptions)
+    }, options)
   }
 
   private async encode (value: T): Promise<Buffer> {
