@@ -65,15 +65,20 @@ function refreshFailed (key: string, cause: unknown): Error {
   return err
 }
 
-/** `refresh(current)`, failing as FST_CREDENTIALS_REFRESH_FAILED when it throws or outlives `boundMs`. */
-function runRefresh<T> (key: string, refresh: (current: T | undefined) => T | Promise<T>, current: T | undefined, boundMs: number): Promise<T> {
+/**
+ * `refresh(current)`, failing as FST_CREDENTIALS_REFRESH_FAILED when it throws or outlives
+ * `boundMs`. The timer keeps the process alive only while a caller waits for the answer.
+ */
+function runRefresh<T> (
+  key: string, refresh: (current: T | undefined) => T | Promise<T>, current: T | undefined, boundMs: number, awaited: boolean
+): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
       const cause = new Error(`refresh did not settle within lockTtlMs (${boundMs} ms); its result, if any, is dropped`)
       cause.name = 'TimeoutError'
       reject(refreshFailed(key, cause))
     }, boundMs)
-    timer.unref()
+    if (!awaited) timer.unref()
     let pending: Promise<T>
     try {
       pending = Promise.resolve(refresh(current))
@@ -102,15 +107,16 @@ interface Settings<T> {
 /**
  * Under the update lock: refreshes when `needsRefresh(current)` says so and saves the result,
  * else writes nothing. Resolves with the value now stored and whether it was refreshed here.
+ * In the background it takes the lock only if it is free at once.
  */
 async function refreshUnderLock<T> (
-  source: FreshSource<T>, settings: Settings<T>, needsRefresh: (current: T | undefined) => boolean, waitMs: number
+  source: FreshSource<T>, settings: Settings<T>, needsRefresh: (current: T | undefined) => boolean, background: boolean
 ): Promise<{ value: T | undefined, refreshed: boolean }> {
   try {
     const value = await source.update((current) => {
       if (!needsRefresh(current)) throw new KeepStored(current)
-      return runRefresh(source.key, settings.refresh, current, settings.lockTtlMs)
-    }, { lockTtlMs: settings.lockTtlMs, waitMs })
+      return runRefresh(source.key, settings.refresh, current, settings.lockTtlMs, !background)
+    }, { lockTtlMs: settings.lockTtlMs, waitMs: background ? 0 : settings.waitMs })
     return { value, refreshed: true }
   } catch (err) {
     if (err instanceof KeepStored) return { value: err.value as T | undefined, refreshed: false }
@@ -123,7 +129,7 @@ async function refreshNow<T> (source: FreshSource<T>, settings: Settings<T>): Pr
   const needsRefresh = (current: T | undefined): boolean => !settings.fresh(current, Date.now())
   // A second round only for a stored value that went stale between the check under the lock and now.
   for (let round = 1; ; round++) {
-    const { value, refreshed } = await refreshUnderLock(source, settings, needsRefresh, settings.waitMs)
+    const { value, refreshed } = await refreshUnderLock(source, settings, needsRefresh, false)
     if (settings.fresh(value, Date.now())) return value
     // `refresh` answered something `isFresh` refuses. It was saved all the same (it may carry a
     // rotated refresh token that must not be lost), but it cannot be handed out as fresh.
@@ -156,7 +162,7 @@ function refreshInBackground<T> (source: FreshSource<T>, settings: Settings<T>, 
   const needsRefresh = (current: T | undefined): boolean =>
     current !== undefined && !settings.fresh(current, Date.now() + settings.refreshAheadMs)
   const done = (): void => { flights.background.delete(source.key) }
-  refreshUnderLock(source, settings, needsRefresh, 0).then(done, done)
+  refreshUnderLock(source, settings, needsRefresh, true).then(done, done)
 }
 
 function resolveSettings<T> (options: GetFreshOptions<T>): Settings<T> {
