@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { join } from 'node:path'
 import { describe, test, before, after, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { promisify } from 'node:util'
 import Fastify from 'fastify'
 import fastifyAuthCache, {
   jsonSerializer, type CredentialStore, type FastifyAuthCacheOptions, type GetFreshOptions, type SerializerContext
@@ -414,3 +417,14 @@ for (const backend of ['memory', 'redis'] as const) {
     })
   })
 }
+
+test('examples/token-refresher.ts runs: one refresh for 20 callers, then one in the background', async () => {
+  const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'examples', 'token-refresher.ts')], {
+    // The memory run: no REDIS_URL, even if the environment has one.
+    env: Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== 'REDIS_URL')),
+    timeout: 60_000
+  })
+  assert.match(stdout, /expired token: 1 distinct token\(s\) handed out in \d+ ms, provider refreshes: 1\n/)
+  assert.match(stdout, /token near its end: access-1 handed out/)
+  assert.match(stdout, /renewed in the background to access-2, provider refreshes: 2\n/)
+})
