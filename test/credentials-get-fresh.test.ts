@@ -389,6 +389,20 @@ for (const backend of ['memory', 'redis'] as const) {
       assert.equal(serializer.writes, 2 + 2)
     })
 
+    test('a caller sharing another caller\'s refresh checks its value with its own isFresh, and refreshes again if that refuses it', async (t) => {
+      const store = await open(t, freshPrefix())
+      await store.save(expired(1))
+      // The first caller is content with a value good for 10 s; the second wants a minute.
+      const lenient = new Provider(async (current) => { await sleep(50); return valid(current!.v + 1, 10_000) })
+      const strict = new Provider((current) => valid(current!.v + 1))
+      const strictOptions = { ...strict.options(), isFresh: (value: Token, atMs: number) => strict.isFresh(value, atMs + 60_000) }
+      const [first, second] = await Promise.all([store.getFresh(lenient.options()), store.getFresh(strictOptions)])
+      assert.equal(first.v, 2)
+      assert.equal(second.v, 3)
+      assert.deepEqual([lenient.refreshes, strict.refreshes], [1, 1])
+      assert.equal((await store.load())?.v, 3)
+    })
+
     test('bad options reject with FST_AUTH_CACHE_INVALID_OPTION naming the option, even for a fresh value', async (t) => {
       const store = await open(t, freshPrefix())
       await store.save(valid(1))
