@@ -1,11 +1,12 @@
 /**
  * Keeping one OAuth access token for many processes, with a provider that rotates refresh tokens.
  *
- * Every process asks `getValidToken`. While the stored token is valid it is returned from the
- * store. When it is not, one caller refreshes it under `credentialStore.update`, which is
- * exclusive across every process sharing the backend; the others wait, then find the fresh token
- * and return it. A provider that rotates refresh tokens accepts each one once, so two processes
- * refreshing at the same time would leave one of them holding a revoked token.
+ * Every caller asks `getValidToken`, which is `credentialStore.getFresh`. A stored token that is
+ * still good is returned at once. A stale one is refreshed once across every process sharing the
+ * backend: under the store's lock, after re-reading the token, so a refresh another process has
+ * just made is used instead of repeated. That matters with a provider that rotates refresh
+ * tokens: it accepts each one once, and one that detects reuse revokes the whole token family.
+ * A token close to its end is still handed out, and renewed once in the background.
  *
  * Run it: `npx tsx examples/token-refresher.ts` (memory), or with `REDIS_URL=redis://...` to
  * share the token through Redis between two app instances.
@@ -34,37 +35,33 @@ export interface TokenProvider {
   refresh (refreshToken: string): Promise<RefreshedToken>
 }
 
-/** Refresh this long before expiry, so a token is never handed out a moment before it dies. */
+/** A token is not handed out in its last 30 s: clocks drift and requests take time. */
 const EXPIRY_MARGIN_MS = 30_000
-/** Longer than the provider's own timeout, so a live refresher never loses the key mid-call. */
-const REFRESH_LOCK_MS = 15_000
+/** In its last 2 minutes it is still handed out, and renewed in the background. */
+const REFRESH_AHEAD_MS = 120_000
 const PROVIDER_TIMEOUT_MS = 5_000
+/** Longer than the provider's own timeout, so a live refresh never outlives the lock. */
+const REFRESH_LOCK_MS = 15_000
 
-function isFresh (token: TokenSet): boolean {
-  return token.expiresAt - EXPIRY_MARGIN_MS > Date.now()
-}
-
-/** A valid access token, refreshed at most once across every process when it runs out. */
-export async function getValidToken (
-  store: Pick<CredentialStore<TokenSet>, 'load' | 'update'>,
-  provider: TokenProvider
-): Promise<string> {
-  const stored = await store.load()
-  if (stored !== undefined && isFresh(stored)) return stored.accessToken
-
-  const updated = await store.update(async (current) => {
-    if (current === undefined) throw new Error('no token stored: complete the authorization flow first')
-    // `current` was read under the lock: whoever held it before us may have refreshed already.
-    if (isFresh(current)) return current
-    const answer = await provider.refresh(current.refreshToken)
-    return {
-      accessToken: answer.accessToken,
-      // Saving the answer as is would erase a refresh token the provider did not repeat.
-      refreshToken: answer.refreshToken ?? current.refreshToken,
-      expiresAt: Date.now() + answer.expiresInSeconds * 1000
-    }
-  }, { lockTtlMs: REFRESH_LOCK_MS, waitMs: REFRESH_LOCK_MS + PROVIDER_TIMEOUT_MS })
-  return updated.accessToken
+/** A valid access token, refreshed at most once per expiry across every process. */
+export async function getValidToken (store: Pick<CredentialStore<TokenSet>, 'getFresh'>, provider: TokenProvider): Promise<string> {
+  const token = await store.getFresh({
+    isFresh: (token, atMs) => atMs < token.expiresAt - EXPIRY_MARGIN_MS,
+    refresh: async (current) => {
+      if (current === undefined) throw new Error('no token stored: complete the authorization flow first')
+      const answer = await provider.refresh(current.refreshToken)
+      return {
+        accessToken: answer.accessToken,
+        // Saving the answer as is would erase a refresh token the provider did not repeat.
+        refreshToken: answer.refreshToken ?? current.refreshToken,
+        expiresAt: Date.now() + answer.expiresInSeconds * 1000
+      }
+    },
+    refreshAheadMs: REFRESH_AHEAD_MS,
+    lockTtlMs: REFRESH_LOCK_MS,
+    waitMs: REFRESH_LOCK_MS + PROVIDER_TIMEOUT_MS
+  })
+  return token.accessToken
 }
 
 /** The OAuth 2.0 refresh-token grant (RFC 6749, section 6) against a token endpoint. */
@@ -144,15 +141,25 @@ async function main (): Promise<void> {
   // As left by the authorization flow, long ago: the access token has expired.
   await stores[0].save({ accessToken: 'access-0', refreshToken: 'refresh-0', expiresAt: Date.now() - 1000 })
 
-  const tokens = await Promise.all(Array.from({ length: callers },
-    (_, i) => getValidToken(stores[i % stores.length], client)))
-  const distinct = new Set(tokens)
+  const ask = (): Promise<string[]> => Promise.all(Array.from({ length: callers }, (_, i) => getValidToken(stores[i % stores.length], client)))
   console.log(`backend: ${stores[0].backend}, app instances: ${apps.length}, concurrent callers: ${callers}`)
-  console.log(`provider refreshes: ${provider.refreshes()}, distinct access tokens handed out: ${distinct.size}`)
+  let startedAt = performance.now()
+  let tokens = await ask()
+  console.log(`expired token: ${new Set(tokens).size} distinct token(s) handed out in ${(performance.now() - startedAt).toFixed(0)} ms, ` +
+    `provider refreshes: ${provider.refreshes()}`)
+
+  // A token in its last two minutes: handed out at once, and renewed once in the background.
+  await stores[0].update((token) => ({ ...token!, expiresAt: Date.now() + 60_000 }))
+  startedAt = performance.now()
+  tokens = await ask()
+  console.log(`token near its end: ${[...new Set(tokens)].join(', ')} handed out in ${(performance.now() - startedAt).toFixed(0)} ms`)
+  while ((await stores[0].load())?.accessToken === tokens[0]) await new Promise((resolve) => setTimeout(resolve, 20))
+  console.log(`renewed in the background to ${(await stores[0].load())!.accessToken}, provider refreshes: ${provider.refreshes()}`)
 
   // Leave nothing behind in a shared Redis.
   await stores[0].clear()
   for (const app of apps) await app.close()
+  provider.server.closeAllConnections()
   provider.server.close()
 }
 

@@ -42,3 +42,6 @@ export const CredentialsLockTimeoutError = createError<[string, number]>(
 
 export const CredentialsLockLostError = createError<[string]>(
   'FST_CREDENTIALS_LOCK_LOST', 'The lock on credentials "%s" expired before the update was saved; nothing was written', 500)
+
+export const CredentialsRefreshFailedError = createError<[string]>(
+  'FST_CREDENTIALS_REFRESH_FAILED', 'Refreshing credentials "%s" failed', 500)

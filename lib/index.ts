@@ -29,6 +29,7 @@ export { encryptedSerializer, type EncryptionKeys } from './credentials/encrypte
 export type { ApiKeyCache } from './api-key-cache/api-key-cache'
 export type { ApiKeyCacheStats } from './api-key-cache/stats'
 export type { CredentialStore, UpdateOptions } from './credentials/credential-store'
+export type { GetFreshOptions } from './credentials/get-fresh'
 export type { FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions, ApiKeyLookup } from './options'
 export type { FastifyAuthCacheTypes, ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential } from './types'
 export * as errors from './errors'

@@ -2,7 +2,7 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectType } from 'tsd'
 import fastifyAuthCache, {
   encryptedSerializer, fastifyAuthCache as named, generateApiKey, hashApiKey, isWellFormedApiKey, jsonSerializer,
-  type ApiKeyCacheStats, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey
+  type ApiKeyCacheStats, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey, type GetFreshOptions
 } from '..'
 
 // The user's own types, declared once by declaration merging.
@@ -77,4 +77,26 @@ app.after(async () => {
   expectType<string>(next.accessToken)
   expectType<'memory' | 'redis'>(app.credentialStore.scope('other').backend)
   await app.credentialStore.clear()
+
+  // getFresh is typed with the declared credential: no casts in isFresh, refresh or the result.
+  const fresh = await app.credentialStore.getFresh({
+    isFresh: (value, atMs) => {
+      expectType<{ accessToken: string, refreshToken: string }>(value)
+      expectType<number>(atMs)
+      return true
+    },
+    refresh: async (current) => {
+      expectType<{ accessToken: string, refreshToken: string } | undefined>(current)
+      return { accessToken: 'c', refreshToken: current?.refreshToken ?? 'r' }
+    },
+    refreshAheadMs: 30_000,
+    lockTtlMs: 10_000,
+    waitMs: 5_000
+  })
+  expectType<{ accessToken: string, refreshToken: string }>(fresh)
+  expectType<Promise<{ accessToken: string, refreshToken: string }>>(app.credentialStore.scope('other').getFresh({ isFresh: () => true, refresh: (current) => current! }))
+  expectError(app.credentialStore.getFresh({ isFresh: () => true, refresh: () => ({ accessToken: 'c' }) }))
+  expectError(app.credentialStore.getFresh({ refresh: () => ({ accessToken: 'c', refreshToken: 'r' }) }))
+  expectError(app.credentialStore.getFresh({ isFresh: () => true, refresh: () => ({ accessToken: 'c', refreshToken: 'r' }), refreshAheadMs: '1s' }))
+  expectAssignable<GetFreshOptions<{ expiresAt: number }>>({ isFresh: (value: { expiresAt: number }, atMs: number) => atMs < value.expiresAt, refresh: () => ({ expiresAt: 1 }) })
 })

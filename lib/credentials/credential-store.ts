@@ -5,6 +5,7 @@ import {
   InvalidOptionError
 } from '../errors'
 import type { CredentialByteStore } from './byte-store'
+import { getFresh, type GetFreshOptions } from './get-fresh'
 import type { KeyedMutex } from './keyed-mutex'
 import { wholeMs } from '../limits'
 import type { BackendName } from '../types'
@@ -44,6 +45,11 @@ export interface CredentialStore<T = unknown> {
    * sharing the backend.
    */
   update (fn: (current: T | undefined) => T | Promise<T>, options?: UpdateOptions): Promise<T>
+  /**
+   * A value `isFresh` accepts now: the stored one, or one `refresh` made under the update lock
+   * after re-reading it, once per expiry across every process sharing the backend.
+   */
+  getFresh (options: GetFreshOptions<T>): Promise<T>
 }
 
 export function createCredentialStore<T> (settings: CredentialStoreSettings<T>): CredentialStore<T> {
@@ -132,6 +138,15 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
     } finally {
       release()
     }
+  }
+
+  getFresh (options: GetFreshOptions<T>): Promise<T> {
+    return getFresh({
+      key: this.#ctx.key,
+      owner: this.#settings.bytes,
+      load: () => this.load(),
+      update: (fn, updateOptions) => this.update(fn, updateOptions)
+    }, options)
   }
 
   async #encode (value: T): Promise<Buffer> {
