@@ -82,8 +82,10 @@ export class LocalAnswers {
     return removed === undefined || removed.removal <= ticket.removals
   }
 
-  /** Writes unless `ticket` is void for `keyHash`. */
-  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: LocalTicket): void {
-    if (this.accepts(keyHash, ticket)) this.write(keyHash, answer, ttlMs)
+  /** Writes unless `ticket` is void for `keyHash`; true when written. */
+  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: LocalTicket): boolean {
+    if (!this.accepts(keyHash, ticket)) return false
+    this.write(keyHash, answer, ttlMs)
+    return true
   }
 }

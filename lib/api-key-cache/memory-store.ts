@@ -4,16 +4,19 @@ import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
 /** The memory backend: one process's LocalAnswers behind the store interface. */
 export function createMemoryStore (max: number): ApiKeyStore {
   const local = new LocalAnswers(max)
+  let invalidated = (_keyHash: string | undefined): void => {}
   return {
     backend: 'memory',
     invalidationsReceived: 0,
+    hearsInvalidations: true,
+    onInvalidate (listener) {
+      invalidated = listener
+    },
     peek: (keyHash) => local.peek(keyHash),
     // Called right after `peek` missed: memory has nothing more to say, only a ticket to give.
     load: (): Promise<StoreLoad> => Promise.resolve({ answer: undefined, ticket: local.ticket() }),
-    fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown) {
-      local.fill(keyHash, answer, ttlMs, ticket as LocalTicket)
-      return Promise.resolve()
-    },
+    fill: (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown) =>
+      Promise.resolve(local.fill(keyHash, answer, ttlMs, ticket as LocalTicket)),
     release: () => Promise.resolve(),
     get: (keyHash) => Promise.resolve(local.peek(keyHash)),
     set (keyHash, answer, ttlMs) {
@@ -22,10 +25,12 @@ export function createMemoryStore (max: number): ApiKeyStore {
     },
     delete (keyHash) {
       local.remove(keyHash)
+      invalidated(keyHash)
       return Promise.resolve()
     },
     clear () {
       local.flush()
+      invalidated(undefined)
       return Promise.resolve()
     },
     close () {

@@ -68,6 +68,8 @@ export interface RedisLoad extends StoreLoad {
 export class RedisApiKeyStore implements ApiKeyStore {
   readonly backend = 'redis' as const
   readonly invalidationsReceived = 0
+  readonly hearsInvalidations = false
+  #invalidated = (_keyHash: string | undefined): void => {}
   readonly #redis: RedisAdapter
   readonly #prefix: string
   readonly #guard: RedisGuard
@@ -84,6 +86,10 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.#announcer = options.announcer
     this.#revocations = new RevocationLog(options.revocationRetainMs, options.max)
     this.#stopReplaying = this.#redis.onReconnect(() => { this.replay().catch(() => {}) })
+  }
+
+  onInvalidate (listener: (keyHash: string | undefined) => void): void {
+    this.#invalidated = listener
   }
 
   peek (): undefined {
@@ -126,8 +132,8 @@ export class RedisApiKeyStore implements ApiKeyStore {
     return written === 1
   }
 
-  async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<void> {
-    await this.fillIfClaimed(keyHash, answer, ttlMs, ticket)
+  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean> {
+    return this.fillIfClaimed(keyHash, answer, ttlMs, ticket)
   }
 
   async release (keyHash: string, ticket: unknown): Promise<void> {
@@ -152,8 +158,8 @@ export class RedisApiKeyStore implements ApiKeyStore {
    */
   async delete (keyHash: string): Promise<void> {
     this.#revocations.deleted(keyHash)
-    const replicas = this.#redis.knownReplicas()
-    if (replicas === 0) {
+    this.#invalidated(keyHash)
+    if (!(await this.#guard.offPath(() => this.#redis.hasReplicas()))) {
       await this.#deleteOnce(keyHash)
       return
     }
@@ -164,6 +170,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
 
   async clear (): Promise<void> {
     this.#revocations.cleared()
+    this.#invalidated(undefined)
     await this.#clearOnce()
   }
 

@@ -12,6 +12,15 @@ const WARN_INTERVAL_MS = 30_000
 /** A valid record, or why the key is refused. */
 export type Verdict = ApiKeyRecord | RejectReason
 
+interface Load {
+  answer: CachedAnswer
+  /**
+   * False when Redis refused to cache the answer: something invalidated the key while `lookup`
+   * ran. Requests that joined the load may have come after a revocation made elsewhere.
+   */
+  settled: boolean
+}
+
 export interface ResolverOptions {
   store: ApiKeyStore
   lookup: ApiKeyLookup
@@ -38,7 +47,7 @@ export class Resolver {
   readonly #negativeTtlMs: number
   readonly #counters: Counters
   readonly #log: FastifyBaseLogger
-  readonly #inFlight = new Map<string, Promise<CachedAnswer>>()
+  readonly #inFlight = new Map<string, Promise<Load>>()
   #lastWarnAt = -Infinity
 
   constructor (options: ResolverOptions) {
@@ -48,13 +57,18 @@ export class Resolver {
     this.#negativeTtlMs = options.negativeTtlSeconds * 1000
     this.#counters = options.counters
     this.#log = options.log
+    // A request that comes after an invalidation must not join a load that began before it.
+    this.#store.onInvalidate((keyHash) => {
+      if (keyHash === undefined) this.#inFlight.clear()
+      else this.#inFlight.delete(keyHash)
+    })
   }
 
   /**
    * Synchronous on a hit in process memory. Rejects with FST_API_KEY_LOOKUP_FAILED when
    * `lookup` fails; never because of the cache.
    */
-  resolve (keyHash: string, request: FastifyRequest): Verdict | Promise<Verdict> {
+  resolve (keyHash: string, request: FastifyRequest, joinUnsettled = true): Verdict | Promise<Verdict> {
     const cached = this.#store.peek(keyHash)
     if (cached !== undefined) {
       if (cached === UNKNOWN_KEY) {
@@ -64,24 +78,32 @@ export class Resolver {
       this.#counters.hits++
       return rejectReason(cached as ApiKeyRecord) ?? cached as ApiKeyRecord
     }
-    let pending = this.#inFlight.get(keyHash)
+    const pending = this.#inFlight.get(keyHash)
     if (pending === undefined) {
-      pending = this.#load(keyHash, request).finally(() => this.#inFlight.delete(keyHash))
-      this.#inFlight.set(keyHash, pending)
-    } else {
-      this.#counters.coalesced++
+      const load = this.#load(keyHash, request)
+      const shared = load.finally(() => {
+        if (this.#inFlight.get(keyHash) === shared) this.#inFlight.delete(keyHash)
+      })
+      // Joiners handle its failure; without any, it must not count as unhandled.
+      shared.catch(() => {})
+      this.#inFlight.set(keyHash, shared)
+      return load.then(({ answer }) => judge(answer))
     }
-    return pending.then(judge)
+    this.#counters.coalesced++
+    // A store that does not hear other processes' revocations learns of them only from a
+    // refused fill; a joiner then asks again, once, rather than trust an answer it came after.
+    if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(({ answer }) => judge(answer))
+    return pending.then(({ answer, settled }) => settled ? judge(answer) : this.resolve(keyHash, request, false))
   }
 
-  async #load (keyHash: string, request: FastifyRequest): Promise<CachedAnswer> {
+  async #load (keyHash: string, request: FastifyRequest): Promise<Load> {
     let ticket: unknown
     try {
       const loaded = await this.#store.load(keyHash)
       if (loaded.answer !== undefined) {
         if (loaded.answer === UNKNOWN_KEY) this.#counters.negativeHits++
         else this.#counters.hits++
-        return loaded.answer
+        return { answer: loaded.answer, settled: true }
       }
       ticket = loaded.ticket
     } catch (err) {
@@ -97,19 +119,22 @@ export class Resolver {
       throw err
     }
     // Without a ticket (the read failed, or Redis refused the claim) no write would be safe.
-    if (ticket !== undefined) {
-      const ttlMs = this.#ttlFor(answer)
-      await this.#write(() => ttlMs > 0 ? this.#store.fill(keyHash, answer, ttlMs, ticket) : this.#store.release(keyHash, ticket))
+    if (ticket === undefined) return { answer, settled: true }
+    const ttlMs = this.#ttlFor(answer)
+    if (ttlMs <= 0) {
+      await this.#write(() => this.#store.release(keyHash, ticket))
+      return { answer, settled: true }
     }
-    return answer
+    return { answer, settled: await this.#write(() => this.#store.fill(keyHash, answer, ttlMs, ticket)) !== false }
   }
 
   /** A write on the request path: a failure is counted and logged, and the request goes on. */
-  async #write (write: () => Promise<void>): Promise<void> {
+  async #write<T> (write: () => Promise<T>): Promise<T | undefined> {
     try {
-      await write()
+      return await write()
     } catch (err) {
       this.#backendFailed(err)
+      return undefined
     }
   }
 

@@ -27,14 +27,24 @@ export interface ApiKeyStore {
   peek (keyHash: string): CachedAnswer | undefined
   /** Request path, after `peek` missed in the same tick: what the store holds beyond memory, and a ticket on a miss. */
   load (keyHash: string): Promise<StoreLoad>
-  /** Request path: writes unless the key was invalidated since `ticket` was given. */
-  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<void>
+  /**
+   * Request path: writes unless the key was invalidated since `ticket` was given. Resolves
+   * false when refused: the answer may then predate a revocation.
+   */
+  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean>
   /** Request path: no fill will follow `ticket` (lookup failed, or nothing is to be cached). */
   release (keyHash: string, ticket: unknown): Promise<void>
   get (keyHash: string): Promise<CachedAnswer | undefined>
   set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void>
   delete (keyHash: string): Promise<void>
   clear (): Promise<void>
+  /**
+   * Whether every revocation this process must honour reaches `onInvalidate` (memory: all are
+   * made here; tiered: the bus brings the others). The plain Redis backend hears only its own.
+   */
+  readonly hearsInvalidations: boolean
+  /** Sets the one listener told of each invalidation seen here: a key hash, or undefined for all keys. */
+  onInvalidate (listener: (keyHash: string | undefined) => void): void
   /** Invalidations received from other processes. */
   readonly invalidationsReceived: number
   close (): Promise<void>

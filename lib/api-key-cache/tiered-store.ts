@@ -30,6 +30,17 @@ export interface TieredStore extends ApiKeyStore {
  */
 export function createTieredStore (options: TieredStoreOptions): TieredStore {
   const local = new LocalAnswers(options.max)
+  let invalidated = (_keyHash: string | undefined): void => {}
+  // Every invalidation seen here drops the entry, and tells the resolver that loads in flight
+  // for the key are stale for requests that come after it.
+  function remove (keyHash: string): void {
+    local.remove(keyHash)
+    invalidated(keyHash)
+  }
+  function flush (): void {
+    local.flush()
+    invalidated(undefined)
+  }
   // The bus comes first: the Redis store announces revocations in its words.
   const bus = new InvalidationBus({
     redis: options.redis,
@@ -38,14 +49,14 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     log: options.log,
     handlers: {
       invalidated (message) {
-        if (message.kind === 'delete') local.remove(message.payload!)
-        else local.flush()
+        if (message.kind === 'delete') remove(message.payload!)
+        else flush()
       },
       trustChanged (trusted) {
-        local.flush()
+        flush()
         // Back after a loss: Redis may have lost this process's revocations (a failover, a
         // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
-        if (trusted) l2.replay().then(() => local.flush(), () => local.flush())
+        if (trusted) l2.replay().then(flush, flush)
       }
     }
   })
@@ -65,6 +76,10 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
   bus.start()
   return {
     backend: 'tiered',
+    hearsInvalidations: true,
+    onInvalidate (listener) {
+      invalidated = listener
+    },
     get invalidationsReceived () {
       return bus.received
     },
@@ -86,8 +101,10 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
       const { local: localTicket, shared: sharedTicket } = ticket as TieredTicket
       // Invalidated here since the read (a delete or clear, ours or announced, or a loss of the
       // bus): then the answer is stale for both tiers.
-      if (!local.accepts(keyHash, localTicket)) return
-      if (await l2.fillIfClaimed(keyHash, answer, ttlMs, sharedTicket)) copyToLocal(keyHash, answer, ttlMs, localTicket)
+      if (!local.accepts(keyHash, localTicket)) return false
+      const written = await l2.fillIfClaimed(keyHash, answer, ttlMs, sharedTicket)
+      if (written) copyToLocal(keyHash, answer, ttlMs, localTicket)
+      return written
     },
 
     release: (keyHash, ticket) => l2.release(keyHash, (ticket as TieredTicket).shared),
@@ -103,21 +120,21 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     },
 
     async delete (keyHash) {
-      local.remove(keyHash)
+      remove(keyHash)
       try {
         await l2.delete(keyHash)
       } finally {
         // A read in this process between the two steps may have copied the old L2 value.
-        local.remove(keyHash)
+        remove(keyHash)
       }
     },
 
     async clear () {
-      local.flush()
+      flush()
       try {
         await l2.clear()
       } finally {
-        local.flush()
+        flush()
       }
     },
 

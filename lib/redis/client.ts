@@ -44,8 +44,11 @@ export interface RedisAdapter {
    * number of replicas that acknowledged.
    */
   runReplicated (script: RedisScript, keys: string[], args: RedisArg[], replicas: number, timeoutMs: number): Promise<[unknown, number]>
-  /** How many replicas every master is known to have; 0 when unknown (a plain connection). */
-  knownReplicas (): number
+  /**
+   * Whether the masters written to have replicas, as far as the client can tell (a Cluster
+   * whose nodes list some); false when it cannot know (a plain connection).
+   */
+  hasReplicas (): Promise<boolean>
   getBuffer (key: string): Promise<Buffer | null>
   set (key: string, value: string | Buffer, ttlMs?: number): Promise<void>
   /** SET NX PX; resolves true when set. */

@@ -69,8 +69,17 @@ function scanNode (node: IoredisLike, oneKeyPerCommand: boolean): RedisScanNode 
   }
 }
 
+function isRedirect (err: Error | null): boolean {
+  return err !== null && /^(MOVED|ASK) /.test(err.message)
+}
+
+// How long the answer to "does this Cluster have replicas?" is reused.
+const REPLICAS_CACHE_MS = 5000
+
 export function ioredisAdapter (client: IoredisLike): RedisAdapter {
   const cluster = client.isCluster === true && typeof client.nodes === 'function'
+  let replicasKnown = false
+  let replicasKnownAt: number | undefined
   return {
     keyPrefix: prefixOf(client),
 
@@ -82,15 +91,33 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
       // One pipeline: a Cluster sends it whole to the node owning the keys, so WAIT counts the
       // replicas of that very node, on the connection that ran the script.
       const name = define(client, script)
-      const results = (await client.pipeline()[name](...keys, ...args).wait(replicas, timeoutMs).exec()) ?? []
+      const send = async (): Promise<Array<[Error | null, unknown]>> =>
+        (await client.pipeline()[name](...keys, ...args).wait(replicas, timeoutMs).exec()) ?? []
+      let results = await send()
+      // A pipeline whose keyless WAIT did not move with the script does not follow a MOVED: a
+      // single command for the key makes the client learn the slot's new owner first.
+      if (isRedirect(results[0][0])) {
+        await client.exists(keys[0])
+        results = await send()
+      }
       for (const [err] of results) if (err) throw err
       return [results[0][1], Number(results[1][1])]
     },
 
-    knownReplicas () {
-      if (!cluster) return 0
-      const masters = client.nodes!('master').length
-      return masters === 0 ? 0 : Math.floor(client.nodes!('slave').length / masters)
+    async hasReplicas () {
+      if (!cluster) return false
+      const now = performance.now()
+      if (replicasKnownAt === undefined || now - replicasKnownAt > REPLICAS_CACHE_MS) {
+        // The client's own slot map omits replicas whose replication offset it has not heard of
+        // yet; the cluster's node table lists every replica that has not failed.
+        const table = String(await client.cluster('NODES'))
+        replicasKnown = table.split('\n').some((line) => {
+          const flags = line.split(' ')[2]?.split(',') ?? []
+          return flags.includes('slave') && !flags.includes('fail') && !flags.includes('noaddr')
+        })
+        replicasKnownAt = now
+      }
+      return replicasKnown
     },
 
     getBuffer: (key) => client.getBuffer(key),
