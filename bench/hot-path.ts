@@ -51,7 +51,7 @@ function opsPerSecond (operation: (i: number) => void): number {
 async function storeFor (backend: 'memory' | 'tiered', keys: string[], redisUrl: string): Promise<{ store: ApiKeyStore, close: () => Promise<void> }> {
   const max = Math.max(10_000, keys.length * 2)
   if (backend === 'memory') {
-    const store = createMemoryStore(max)
+    const store = createMemoryStore(max, 0)
     for (const [i, key] of keys.entries()) await store.set(hashApiKey(key), { id: `key-${i}`, active: true }, 3_600_000)
     return { store, close: () => store.close() }
   }
@@ -63,7 +63,8 @@ async function storeFor (backend: 'memory' | 'tiered', keys: string[], redisUrl:
     max,
     guard: new RedisGuard(1000, log),
     log,
-    revocationRetainMs: 60_000
+    revocationRetainMs: 60_000,
+    staleMs: 0
   })
   await store.ready(30_000)
   for (let start = 0; start < keys.length; start += 1000) {

@@ -58,6 +58,25 @@ export interface ApiKeysOptions {
    * @default undefined (any key)
    */
   format?: { prefix: string }
+  /**
+   * Milliseconds a `lookup` may take. A slower one counts as failed for the requests waiting
+   * on it (a 503, or a stale record with `staleIfErrorSeconds`); its late answer is not cached.
+   * @default 5000
+   */
+  lookupTimeoutMs?: number
+  /**
+   * When `lookup` fails, a record whose cached life ended less than this many seconds ago is
+   * served instead of a 503, if it was active, its `expiresAt` has not passed, and no
+   * `delete`/`clear` removed it. Entries then live this much longer in memory and in Redis.
+   * @default 0 (off)
+   */
+  staleIfErrorSeconds?: number
+  /**
+   * A hit on a record with less than this many seconds left of its cached life starts one
+   * background `lookup` that renews it; the request does not wait.
+   * @default 0 (off)
+   */
+  refreshAheadSeconds?: number
 }
 
 export interface CredentialsOptions<T = Credential> {
@@ -138,6 +157,7 @@ const QUOTED_SAFE = /^[^"\\\u0000-\u001f\u007f]*$/ // eslint-disable-line no-con
 type Check = (value: unknown) => boolean
 const isNumber: Check = (v) => typeof v === 'number' && Number.isFinite(v)
 const isPositive: Check = (v) => isNumber(v) && (v as number) > 0
+const isNonNegative: Check = (v) => isNumber(v) && (v as number) >= 0
 const isBoolean: Check = (v) => typeof v === 'boolean'
 const isString: Check = (v) => typeof v === 'string'
 const isFunction: Check = (v) => typeof v === 'function'
@@ -190,7 +210,10 @@ export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
       hook,
       realm: option(apiKeys.realm, 'api', 'apiKeys.realm',
         (v) => isString(v) && QUOTED_SAFE.test(v as string), 'must be a string without quotes, backslashes or control characters'),
-      format: apiKeys.format
+      format: apiKeys.format,
+      lookupTimeoutMs: option(apiKeys.lookupTimeoutMs, 5000, 'apiKeys.lookupTimeoutMs', isPositive, 'must be a positive number of milliseconds'),
+      staleIfErrorSeconds: option(apiKeys.staleIfErrorSeconds, 0, 'apiKeys.staleIfErrorSeconds', isNonNegative, 'must be a number of seconds, 0 or more'),
+      refreshAheadSeconds: option(apiKeys.refreshAheadSeconds, 0, 'apiKeys.refreshAheadSeconds', isNonNegative, 'must be a number of seconds, 0 or more')
     },
     credentials: {
       key: option(credentials.key, 'default', 'credentials.key', (v) => isString(v) && (v as string).length > 0, 'must be a non-empty string'),

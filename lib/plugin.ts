@@ -54,21 +54,23 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   }
 
   const guard = new RedisGuard(options.redisTimeoutMs, fastify.log)
+  const staleMs = apiKeys.staleIfErrorSeconds * 1000
   const redisSettings = {
     redis: redis!,
     keyPrefix: apiKeys.keyPrefix,
     max: apiKeys.max,
     guard,
     log: fastify.log,
-    // The longest an entry written before a revocation can live in Redis: its TTL, after a claim
-    // that may have waited for its lookup.
-    revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + FILL_WINDOW_MS
+    staleMs,
+    // The longest an entry written before a revocation can live in Redis: its TTL and stale
+    // window, after a claim that may have waited for its lookup.
+    revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + staleMs + FILL_WINDOW_MS
   }
   let store: ApiKeyStore
   if (backend === 'memory') {
-    store = createMemoryStore(apiKeys.max)
+    store = createMemoryStore(apiKeys.max, staleMs)
   } else if (backend === 'redis') {
-    store = new RedisApiKeyStore(redisSettings)
+    store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0 })
   } else {
     const tiered = createTieredStore(redisSettings)
     store = tiered

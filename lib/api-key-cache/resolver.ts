@@ -19,6 +19,8 @@ interface Load {
    * ran. Requests that joined the load may have come after a revocation made elsewhere.
    */
   settled: boolean
+  /** The answer is a stale record, served because `lookup` failed. */
+  stale?: true
 }
 
 export interface ResolverOptions {
@@ -26,13 +28,22 @@ export interface ResolverOptions {
   lookup: ApiKeyLookup
   ttlSeconds: number
   negativeTtlSeconds: number
+  lookupTimeoutMs: number
+  refreshAheadSeconds: number
   counters: Counters
   log: FastifyBaseLogger
 }
 
-function judge (answer: CachedAnswer): Verdict {
-  if (answer === UNKNOWN_KEY) return 'unknown'
-  return rejectReason(answer as ApiKeyRecord) ?? answer as ApiKeyRecord
+class LookupTimeoutError extends Error {
+  constructor (ms: number) {
+    super(`lookup did not answer within ${ms} ms`)
+    this.name = 'LookupTimeoutError'
+  }
+}
+
+/** Each key refreshes ahead at its own point between half and all of the window, so keys cached together spread out. */
+function jitterOf (keyHash: string): number {
+  return 0.5 + parseInt(keyHash.slice(0, 4), 16) / 0x20000
 }
 
 /**
@@ -45,16 +56,22 @@ export class Resolver {
   readonly #lookup: ApiKeyLookup
   readonly #ttlMs: number
   readonly #negativeTtlMs: number
+  readonly #lookupTimeoutMs: number
+  readonly #refreshAheadMs: number
   readonly #counters: Counters
   readonly #log: FastifyBaseLogger
   readonly #inFlight = new Map<string, Promise<Load>>()
-  #lastWarnAt = -Infinity
+  readonly #refreshing = new Set<string>()
+  #lastBackendWarnAt = -Infinity
+  #lastStaleWarnAt = -Infinity
 
   constructor (options: ResolverOptions) {
     this.#store = options.store
     this.#lookup = options.lookup
     this.#ttlMs = options.ttlSeconds * 1000
     this.#negativeTtlMs = options.negativeTtlSeconds * 1000
+    this.#lookupTimeoutMs = options.lookupTimeoutMs
+    this.#refreshAheadMs = options.refreshAheadSeconds * 1000
     this.#counters = options.counters
     this.#log = options.log
     // A request that comes after an invalidation must not join a load that began before it.
@@ -66,7 +83,7 @@ export class Resolver {
 
   /**
    * Synchronous on a hit in process memory. Rejects with FST_API_KEY_LOOKUP_FAILED when
-   * `lookup` fails; never because of the cache.
+   * `lookup` fails and no stale record may stand in; never because of the cache.
    */
   resolve (keyHash: string, request: FastifyRequest, joinUnsettled = true): Verdict | Promise<Verdict> {
     const cached = this.#store.peek(keyHash)
@@ -76,6 +93,7 @@ export class Resolver {
         return 'unknown'
       }
       this.#counters.hits++
+      if (this.#refreshAheadMs > 0) this.#refreshIfDue(keyHash, request, cached, this.#store.freshMs(keyHash))
       return rejectReason(cached as ApiKeyRecord) ?? cached as ApiKeyRecord
     }
     const pending = this.#inFlight.get(keyHash)
@@ -87,25 +105,37 @@ export class Resolver {
       // Joiners handle its failure; without any, it must not count as unhandled.
       shared.catch(() => {})
       this.#inFlight.set(keyHash, shared)
-      return load.then(({ answer }) => judge(answer))
+      return load.then(this.#judge)
     }
     this.#counters.coalesced++
     // A store that does not hear other processes' revocations learns of them only from a
     // refused fill; a joiner then asks again, once, rather than trust an answer it came after.
-    if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(({ answer }) => judge(answer))
-    return pending.then(({ answer, settled }) => settled ? judge(answer) : this.resolve(keyHash, request, false))
+    if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(this.#judge)
+    return pending.then((load) => load.settled ? this.#judge(load) : this.resolve(keyHash, request, false))
+  }
+
+  readonly #judge = (load: Load): Verdict => {
+    if (load.answer === UNKNOWN_KEY) return 'unknown'
+    if (load.stale === true) this.#counters.staleServed++
+    return rejectReason(load.answer as ApiKeyRecord) ?? load.answer as ApiKeyRecord
   }
 
   async #load (keyHash: string, request: FastifyRequest): Promise<Load> {
     let ticket: unknown
+    let stale: ApiKeyRecord | undefined
     try {
       const loaded = await this.#store.load(keyHash)
       if (loaded.answer !== undefined) {
-        if (loaded.answer === UNKNOWN_KEY) this.#counters.negativeHits++
-        else this.#counters.hits++
+        if (loaded.answer === UNKNOWN_KEY) {
+          this.#counters.negativeHits++
+        } else {
+          this.#counters.hits++
+          if (this.#refreshAheadMs > 0 && loaded.freshMs !== undefined) this.#refreshIfDue(keyHash, request, loaded.answer, loaded.freshMs)
+        }
         return { answer: loaded.answer, settled: true }
       }
       ticket = loaded.ticket
+      stale = loaded.stale
     } catch (err) {
       this.#backendFailed(err)
     }
@@ -116,6 +146,11 @@ export class Resolver {
       answer = await this.#callLookup(keyHash, request)
     } catch (err) {
       if (ticket !== undefined) await this.#write(() => this.#store.release(keyHash, ticket))
+      // Only a record that would still be accepted stands in; revocation removed any other.
+      if (stale !== undefined && rejectReason(stale) === undefined) {
+        this.#staleServed(keyHash)
+        return { answer: stale, settled: true, stale: true }
+      }
       throw err
     }
     // Without a ticket (the read failed, or Redis refused the claim) no write would be safe.
@@ -128,13 +163,29 @@ export class Resolver {
     return { answer, settled: await this.#write(() => this.#store.fill(keyHash, answer, ttlMs, ticket)) !== false }
   }
 
-  /** A write on the request path: a failure is counted and logged, and the request goes on. */
-  async #write<T> (write: () => Promise<T>): Promise<T | undefined> {
+  /** Starts one background renewal of a record near the end of its cached life. */
+  #refreshIfDue (keyHash: string, request: FastifyRequest, current: CachedAnswer, freshMs: number): void {
+    if (freshMs > this.#refreshAheadMs || freshMs > this.#refreshAheadMs * jitterOf(keyHash) || this.#refreshing.has(keyHash)) return
+    this.#refreshing.add(keyHash)
+    this.#refresh(keyHash, request, current).finally(() => this.#refreshing.delete(keyHash))
+  }
+
+  /** Never rejects: a refresh that fails keeps the current entry until its normal end. */
+  async #refresh (keyHash: string, request: FastifyRequest, previous: CachedAnswer): Promise<void> {
     try {
-      return await write()
+      const renewal = await this.#store.beginRenewal(keyHash)
+      if (renewal.current !== undefined && renewal.freshMs > this.#refreshAheadMs) {
+        // Another process renewed it in the shared store already.
+        await this.#store.renew(keyHash, undefined, renewal.current, renewal.freshMs, renewal.ticket)
+        return
+      }
+      this.#counters.refreshes++
+      const answer = await this.#callLookup(keyHash, request)
+      const ttlMs = this.#ttlFor(answer)
+      if (ttlMs > 0) await this.#store.renew(keyHash, renewal.current ?? previous, answer, ttlMs, renewal.ticket)
     } catch (err) {
-      this.#backendFailed(err)
-      return undefined
+      // A failed lookup was counted and logged where it failed.
+      if (!(err instanceof ApiKeyLookupFailedError)) this.#backendFailed(err)
     }
   }
 
@@ -142,7 +193,7 @@ export class Resolver {
     this.#counters.lookups++
     let answer: unknown
     try {
-      answer = await this.#lookup(keyHash, request)
+      answer = await this.#bounded(this.#lookup(keyHash, request))
     } catch (err) {
       this.#counters.lookupErrors++
       request.log.error({ err, keyHash }, 'fastify-auth-cache: API key lookup failed')
@@ -157,6 +208,17 @@ export class Resolver {
     return answer
   }
 
+  /** `lookup`'s answer, or a LookupTimeoutError after lookupTimeoutMs; a late answer is dropped. */
+  #bounded<T> (answer: T | Promise<T>): T | Promise<T> {
+    if (!(answer instanceof Promise)) return answer
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new LookupTimeoutError(this.#lookupTimeoutMs)), this.#lookupTimeoutMs)
+      answer.then(
+        (value) => { clearTimeout(timer); resolve(value) },
+        (err) => { clearTimeout(timer); reject(err) })
+    })
+  }
+
   /** Records live until `ttlSeconds` or their own `expiresAt`; an expired record only as long as an unknown key. */
   #ttlFor (answer: CachedAnswer): number {
     if (answer === UNKNOWN_KEY) return this.#negativeTtlMs
@@ -166,11 +228,28 @@ export class Resolver {
     return left > 0 ? Math.min(this.#ttlMs, left) : this.#negativeTtlMs
   }
 
+  /** A write on the request path: a failure is counted and logged, and the request goes on. */
+  async #write<T> (write: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return await write()
+    } catch (err) {
+      this.#backendFailed(err)
+      return undefined
+    }
+  }
+
+  #staleServed (keyHash: string): void {
+    const now = Date.now()
+    if (now - this.#lastStaleWarnAt < WARN_INTERVAL_MS) return
+    this.#lastStaleWarnAt = now
+    this.#log.warn({ keyHash }, 'fastify-auth-cache: lookup failed; serving cached records past their TTL (staleIfErrorSeconds)')
+  }
+
   #backendFailed (err: unknown): void {
     this.#counters.backendErrors++
     const now = Date.now()
-    if (now - this.#lastWarnAt >= WARN_INTERVAL_MS) {
-      this.#lastWarnAt = now
+    if (now - this.#lastBackendWarnAt >= WARN_INTERVAL_MS) {
+      this.#lastBackendWarnAt = now
       this.#log.warn({ err }, 'fastify-auth-cache: cache backend failed; authenticating through lookup until it recovers')
     } else {
       this.#log.debug({ err }, 'fastify-auth-cache: cache backend failed, using lookup')

@@ -17,6 +17,10 @@ export interface ApiKeyCacheStats {
   lookupErrors: number
   /** Cache reads or writes that failed or timed out; the request went on to `lookup`. */
   backendErrors: number
+  /** Requests answered with a record past its TTL because `lookup` failed (staleIfErrorSeconds). */
+  staleServed: number
+  /** Background lookups started to renew a record before its end (refreshAheadSeconds). */
+  refreshes: number
   /** Invalidations received from other processes (tiered). */
   invalidations: number
   /** Requests refused with 401, by reason. */
@@ -35,6 +39,8 @@ export function createCounters (): Counters {
     coalesced: 0,
     lookupErrors: 0,
     backendErrors: 0,
+    staleServed: 0,
+    refreshes: 0,
     rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0 }
   }
 }

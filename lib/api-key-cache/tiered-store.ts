@@ -15,6 +15,7 @@ export interface TieredStoreOptions {
   guard: RedisGuard
   log: FastifyBaseLogger
   revocationRetainMs: number
+  staleMs: number
 }
 
 export interface TieredStore extends ApiKeyStore {
@@ -29,7 +30,7 @@ export interface TieredStore extends ApiKeyStore {
  * meanwhile, so their possibly stale answers do not come back.
  */
 export function createTieredStore (options: TieredStoreOptions): TieredStore {
-  const local = new LocalAnswers(options.max)
+  const local = new LocalAnswers(options.max, options.staleMs)
   let invalidated = (_keyHash: string | undefined): void => {}
   // Every invalidation seen here drops the entry, and tells the resolver that loads in flight
   // for the key are stale for requests that come after it.
@@ -62,6 +63,7 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
   })
   const l2 = new RedisApiKeyStore({
     ...options,
+    readsTtl: true,
     announcer: {
       channel: bus.channel,
       deleted: (keyHash) => bus.message('delete', keyHash),
@@ -91,10 +93,26 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
       const ticket = local.ticket()
       const read = await l2.read(keyHash, true)
       if (read.answer !== undefined) {
-        copyToLocal(keyHash, read.answer, read.ttlMs, ticket)
-        return { answer: read.answer }
+        copyToLocal(keyHash, read.answer, read.freshMs, ticket)
+        return read
       }
-      return read.ticket === undefined ? { answer: undefined } : { answer: undefined, ticket: { local: ticket, shared: read.ticket } }
+      // Memory's stale copy counts only while the bus vouches that no revocation was missed.
+      const stale = read.stale ?? (bus.trusted ? local.staleRecord(keyHash) : undefined)
+      return { answer: undefined, stale, ticket: read.ticket === undefined ? undefined : { local: ticket, shared: read.ticket } }
+    },
+
+    freshMs: (keyHash) => local.remainingMs(keyHash),
+
+    async beginRenewal (keyHash) {
+      const ticket = local.ticket()
+      const { current, freshMs } = await l2.beginRenewal(keyHash)
+      return { ticket, current, freshMs }
+    },
+
+    async renew (keyHash, previous, answer, ttlMs, ticket) {
+      if (!local.accepts(keyHash, ticket as LocalTicket)) return
+      await l2.renew(keyHash, previous, answer, ttlMs)
+      copyToLocal(keyHash, answer, ttlMs, ticket as LocalTicket)
     },
 
     async fill (keyHash, answer, ttlMs, ticket) {
@@ -102,7 +120,7 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
       // Invalidated here since the read (a delete or clear, ours or announced, or a loss of the
       // bus): then the answer is stale for both tiers.
       if (!local.accepts(keyHash, localTicket)) return false
-      const written = await l2.fillIfClaimed(keyHash, answer, ttlMs, sharedTicket)
+      const written = await l2.fill(keyHash, answer, ttlMs, sharedTicket)
       if (written) copyToLocal(keyHash, answer, ttlMs, localTicket)
       return written
     },

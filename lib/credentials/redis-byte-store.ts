@@ -1,7 +1,7 @@
 import { CredentialsDeserializeError } from '../errors'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { DELETE_IF_HELD, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
+import { RELEASE_LOCK, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
 import type { CredentialByteStore } from './byte-store'
 
 /**
@@ -58,6 +58,6 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async unlock (key: string, token: string): Promise<void> {
-    await this.#guard.offPath(() => this.#redis.run(DELETE_IF_HELD, [this.#lockKey(key)], [token]))
+    await this.#guard.offPath(() => this.#redis.run(RELEASE_LOCK, [this.#lockKey(key)], [token]))
   }
 }
