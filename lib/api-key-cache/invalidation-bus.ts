@@ -73,12 +73,12 @@ export interface InvalidationBusOptions {
 }
 
 /** The channel of one process's heartbeats. */
-export function heartbeatChannel (instance: string): string {
+function heartbeatChannel (instance: string): string {
   return `fastify-auth-cache:heartbeat:${instance}`
 }
 
-export const HEARTBEAT_MS = 300
-export const DEADLINE_MS = 900
+const HEARTBEAT_MS = 300
+const DEADLINE_MS = 900
 const CLOSE_TIMEOUT_MS = 1000
 
 export class InvalidationBus {

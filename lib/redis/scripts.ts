@@ -15,7 +15,7 @@ import type { RedisScript } from './client'
  * it, so that other processes whose lookup fails meanwhile can still serve it. Only the
  * claim's owner may replace it with an answer.
  */
-export const CLAIM_MARK = '~claim:'
+const CLAIM_MARK = '~claim:'
 
 const NOW_MS = `
 local function nowMs ()
