@@ -6,6 +6,7 @@ import type { ApiKeyStore } from '../lib/api-key-cache/store'
 import { createTieredStore } from '../lib/api-key-cache/tiered-store'
 import { ioredisAdapter } from '../lib/redis/ioredis-adapter'
 import { RedisGuard } from '../lib/redis/guard'
+import { createTelemetry } from '../lib/telemetry'
 import { startRedis } from '../test/helpers/redis-server'
 import { benchKeys } from './keys'
 import { median } from './percentiles'
@@ -64,7 +65,8 @@ async function storeFor (backend: 'memory' | 'tiered', keys: string[], redisUrl:
     guard: new RedisGuard(1000, log),
     log,
     revocationRetainMs: 60_000,
-    staleMs: 0
+    staleMs: 0,
+    telemetry: createTelemetry({ backend: 'tiered', metrics: false, entries: () => 0 })
   })
   await store.ready(30_000)
   for (let start = 0; start < keys.length; start += 1000) {

@@ -135,6 +135,13 @@ export interface FastifyAuthCacheOptions {
    * @default 100
    */
   redisTimeoutMs?: number
+  /**
+   * Record OpenTelemetry instruments on the global meter `fastify-auth-cache` (needs
+   * `@opentelemetry/api`): `fastify_auth_cache.requests`, `.lookup.duration`, `.invalidations`,
+   * `.entries`.
+   * @default false
+   */
+  metrics?: boolean
   apiKeys?: ApiKeysOptions
   credentials?: CredentialsOptions
 }
@@ -145,6 +152,7 @@ export interface ResolvedOptions {
   redis: FastifyAuthCacheOptions['redis']
   strict: boolean
   redisTimeoutMs: number
+  metrics: boolean
   apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format'>> & Pick<ApiKeysOptions, 'lookup' | 'format'>
   credentials: Required<Omit<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>> & Pick<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>
 }
@@ -199,6 +207,7 @@ export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
     redis: options.redis,
     strict: option(options.strict, false, 'strict', isBoolean, 'must be a boolean'),
     redisTimeoutMs: option(options.redisTimeoutMs, 100, 'redisTimeoutMs', isPositive, 'must be a positive number of milliseconds'),
+    metrics: option(options.metrics, false, 'metrics', isBoolean, 'must be a boolean'),
     apiKeys: {
       lookup,
       header: option(apiKeys.header, 'x-api-key', 'apiKeys.header',

@@ -19,6 +19,7 @@ import { resolveOptions, type FastifyAuthCacheOptions, type ResolvedOptions } fr
 import { adaptRedis } from './redis/adapt'
 import type { RedisAdapter } from './redis/client'
 import { RedisGuard } from './redis/guard'
+import { createTelemetry } from './telemetry'
 
 // `app.ready()` waits this long at most for the tiered backend to be able to serve from memory.
 const STARTUP_WAIT_MS = 2000
@@ -54,6 +55,8 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   }
 
   const guard = new RedisGuard(options.redisTimeoutMs, fastify.log)
+  let store: ApiKeyStore | undefined
+  const telemetry = createTelemetry({ backend, metrics: options.metrics, entries: () => store?.entries ?? 0 })
   const staleMs = apiKeys.staleIfErrorSeconds * 1000
   const redisSettings = {
     redis: redis!,
@@ -62,11 +65,11 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     guard,
     log: fastify.log,
     staleMs,
+    telemetry,
     // The longest an entry written before a revocation can live in Redis: its TTL and stale
     // window, after a claim that may have waited for its lookup.
     revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + staleMs + FILL_WINDOW_MS
   }
-  let store: ApiKeyStore
   if (backend === 'memory') {
     store = createMemoryStore(apiKeys.max, staleMs)
   } else if (backend === 'redis') {
@@ -77,15 +80,17 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     // The first requests of a new process should be memory hits, not Redis reads.
     await tiered.ready(STARTUP_WAIT_MS)
   }
-  fastify.addHook('onClose', () => store.close())
+  const apiKeyStore = store
+  fastify.addHook('onClose', () => apiKeyStore.close())
 
   const counters = createCounters()
-  fastify.decorate('apiKeyCache', createApiKeyCache(store, counters))
+  fastify.decorate('apiKeyCache', createApiKeyCache(apiKeyStore, counters))
   fastify.decorateRequest('apiKey', null as never)
 
   const authenticator = createAuthenticator({
-    resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store, counters, log: fastify.log }),
+    resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store: apiKeyStore, counters, telemetry, log: fastify.log }),
     counters,
+    telemetry,
     header: apiKeys.header,
     realm: apiKeys.realm,
     formatPrefix: apiKeys.format?.prefix

@@ -9,6 +9,9 @@ export function createMemoryStore (max: number, staleMs: number): ApiKeyStore {
     backend: 'memory',
     invalidationsReceived: 0,
     hearsInvalidations: true,
+    get entries () {
+      return local.size
+    },
     onInvalidate (listener) {
       invalidated = listener
     },
@@ -17,7 +20,8 @@ export function createMemoryStore (max: number, staleMs: number): ApiKeyStore {
     load: (keyHash): Promise<StoreLoad> =>
       Promise.resolve({ answer: undefined, ticket: local.ticket(), stale: local.staleRecord(keyHash) }),
     freshMs: (keyHash) => local.remainingMs(keyHash),
-    beginRenewal: () => Promise.resolve({ ticket: local.ticket(), freshMs: 0 }),
+    endRenewal: () => Promise.resolve(),
+    beginRenewal: () => Promise.resolve({ ticket: local.ticket(), freshMs: 0, mine: true }),
     renew (keyHash, _previous, answer, ttlMs, ticket) {
       local.fill(keyHash, answer, ttlMs, ticket as LocalTicket)
       return Promise.resolve()

@@ -7,7 +7,7 @@ import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { claimOf, DELETE_RECORD, FILL_RECORD, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD } from '../redis/scripts'
+import { BEGIN_RENEWAL, claimOf, DELETE_RECORD, slotSibling, FILL_RECORD, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD } from '../redis/scripts'
 import { RevocationLog } from './revocation-log'
 import type { ApiKeyRecord } from '../types'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type Renewal, type StoreLoad } from './store'
@@ -82,6 +82,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   readonly backend = 'redis' as const
   readonly invalidationsReceived = 0
   readonly hearsInvalidations = false
+  readonly entries = 0
   #invalidated = (_keyHash: string | undefined): void => {}
   readonly #redis: RedisAdapter
   readonly #prefix: string
@@ -159,9 +160,21 @@ export class RedisApiKeyStore implements ApiKeyStore {
     await this.#guard.run(() => this.#redis.run(RELEASE_CLAIM, [this.#prefix + keyHash], [claimOf(token)]))
   }
 
+  /** The renewal lease sits beside the record, under the prefix and in its hash slot. */
+  #leaseKey (keyHash: string): string {
+    return slotSibling(this.#prefix, this.#redis.keyPrefix + this.#prefix + keyHash, ':renewal')
+  }
+
+  async endRenewal (keyHash: string): Promise<void> {
+    await this.#guard.offPath(() => this.#redis.del(this.#leaseKey(keyHash)))
+  }
+
   async beginRenewal (keyHash: string): Promise<Renewal> {
-    const { answer, freshMs } = await this.#readWithoutClaim(keyHash, this.#guard.offPath)
-    return { ticket: undefined, current: answer, freshMs }
+    const key = this.#prefix + keyHash
+    const lease = this.#leaseKey(keyHash)
+    const [raw, ttl, leased] = await this.#guard.offPath(() => this.#redis.run(BEGIN_RENEWAL, [key, lease],
+      [this.#staleMs, FILL_WINDOW_MS]) as Promise<[string | null, number, number]>)
+    return { ticket: undefined, current: decodeAnswer(raw), freshMs: Number(ttl), mine: leased === 1 }
   }
 
   async renew (keyHash: string, previous: CachedAnswer | undefined, answer: CachedAnswer, ttlMs: number): Promise<void> {

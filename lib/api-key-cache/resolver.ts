@@ -1,16 +1,26 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { isApiKeyRecord, rejectReason, type RejectReason } from '../api-keys/record'
 import { ApiKeyLookupFailedError } from '../errors'
 import type { ApiKeyLookup } from '../options'
 import type { ApiKeyRecord } from '../types'
+import type { Telemetry } from '../telemetry'
 import type { Counters } from './stats'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer } from './store'
 
+// After finding another process renewing a key, this process looks again no sooner than this.
+const RENEWAL_RETRY_MS = 100
 // During an outage every request fails over; one warning per interval says so without flooding the log.
 const WARN_INTERVAL_MS = 30_000
 
 /** A valid record, or why the key is refused. */
 export type Verdict = ApiKeyRecord | RejectReason
+
+/** A verdict that took a load, and where its answer came from. */
+export interface Resolved {
+  verdict: Verdict
+  source: 'hit' | 'miss' | 'stale'
+}
 
 interface Load {
   answer: CachedAnswer
@@ -19,8 +29,7 @@ interface Load {
    * ran. Requests that joined the load may have come after a revocation made elsewhere.
    */
   settled: boolean
-  /** The answer is a stale record, served because `lookup` failed. */
-  stale?: true
+  source: Resolved['source']
 }
 
 export interface ResolverOptions {
@@ -31,6 +40,7 @@ export interface ResolverOptions {
   lookupTimeoutMs: number
   refreshAheadSeconds: number
   counters: Counters
+  telemetry: Telemetry
   log: FastifyBaseLogger
 }
 
@@ -59,6 +69,7 @@ export class Resolver {
   readonly #lookupTimeoutMs: number
   readonly #refreshAheadMs: number
   readonly #counters: Counters
+  readonly #telemetry: Telemetry
   readonly #log: FastifyBaseLogger
   readonly #inFlight = new Map<string, Promise<Load>>()
   readonly #refreshing = new Set<string>()
@@ -73,6 +84,7 @@ export class Resolver {
     this.#lookupTimeoutMs = options.lookupTimeoutMs
     this.#refreshAheadMs = options.refreshAheadSeconds * 1000
     this.#counters = options.counters
+    this.#telemetry = options.telemetry
     this.#log = options.log
     // A request that comes after an invalidation must not join a load that began before it.
     this.#store.onInvalidate((keyHash) => {
@@ -85,7 +97,7 @@ export class Resolver {
    * Synchronous on a hit in process memory. Rejects with FST_API_KEY_LOOKUP_FAILED when
    * `lookup` fails and no stale record may stand in; never because of the cache.
    */
-  resolve (keyHash: string, request: FastifyRequest, joinUnsettled = true): Verdict | Promise<Verdict> {
+  resolve (keyHash: string, request: FastifyRequest, joinUnsettled = true): Verdict | Promise<Resolved> {
     const cached = this.#store.peek(keyHash)
     if (cached !== undefined) {
       if (cached === UNKNOWN_KEY) {
@@ -111,13 +123,18 @@ export class Resolver {
     // A store that does not hear other processes' revocations learns of them only from a
     // refused fill; a joiner then asks again, once, rather than trust an answer it came after.
     if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(this.#judge)
-    return pending.then((load) => load.settled ? this.#judge(load) : this.resolve(keyHash, request, false))
+    return pending.then((load) => load.settled ? this.#judge(load) : this.#resolveAgain(keyHash, request))
   }
 
-  readonly #judge = (load: Load): Verdict => {
-    if (load.answer === UNKNOWN_KEY) return 'unknown'
-    if (load.stale === true) this.#counters.staleServed++
-    return rejectReason(load.answer as ApiKeyRecord) ?? load.answer as ApiKeyRecord
+  #resolveAgain (keyHash: string, request: FastifyRequest): Resolved | Promise<Resolved> {
+    const again = this.resolve(keyHash, request, false)
+    return again instanceof Promise ? again : { verdict: again, source: 'hit' }
+  }
+
+  readonly #judge = (load: Load): Resolved => {
+    if (load.answer === UNKNOWN_KEY) return { verdict: 'unknown', source: load.source }
+    if (load.source === 'stale') this.#counters.staleServed++
+    return { verdict: rejectReason(load.answer as ApiKeyRecord) ?? load.answer as ApiKeyRecord, source: load.source }
   }
 
   async #load (keyHash: string, request: FastifyRequest): Promise<Load> {
@@ -132,7 +149,7 @@ export class Resolver {
           this.#counters.hits++
           if (this.#refreshAheadMs > 0 && loaded.freshMs !== undefined) this.#refreshIfDue(keyHash, request, loaded.answer, loaded.freshMs)
         }
-        return { answer: loaded.answer, settled: true }
+        return { answer: loaded.answer, settled: true, source: 'hit' }
       }
       ticket = loaded.ticket
       stale = loaded.stale
@@ -149,18 +166,19 @@ export class Resolver {
       // Only a record that would still be accepted stands in; revocation removed any other.
       if (stale !== undefined && rejectReason(stale) === undefined) {
         this.#staleServed(keyHash)
-        return { answer: stale, settled: true, stale: true }
+        return { answer: stale, settled: true, source: 'stale' }
       }
       throw err
     }
     // Without a ticket (the read failed, or Redis refused the claim) no write would be safe.
-    if (ticket === undefined) return { answer, settled: true }
+    if (ticket === undefined) return { answer, settled: true, source: 'miss' }
     const ttlMs = this.#ttlFor(answer)
     if (ttlMs <= 0) {
       await this.#write(() => this.#store.release(keyHash, ticket))
-      return { answer, settled: true }
+      return { answer, settled: true, source: 'miss' }
     }
-    return { answer, settled: await this.#write(() => this.#store.fill(keyHash, answer, ttlMs, ticket)) !== false }
+    const settled = await this.#write(() => this.#store.fill(keyHash, answer, ttlMs, ticket)) !== false
+    return { answer, settled, source: 'miss' }
   }
 
   /** Starts one background renewal of a record near the end of its cached life. */
@@ -172,11 +190,18 @@ export class Resolver {
 
   /** Never rejects: a refresh that fails keeps the current entry until its normal end. */
   async #refresh (keyHash: string, request: FastifyRequest, previous: CachedAnswer): Promise<void> {
+    let leased = false
     try {
       const renewal = await this.#store.beginRenewal(keyHash)
+      leased = renewal.mine
       if (renewal.current !== undefined && renewal.freshMs > this.#refreshAheadMs) {
         // Another process renewed it in the shared store already.
         await this.#store.renew(keyHash, undefined, renewal.current, renewal.freshMs, renewal.ticket)
+        return
+      }
+      // Another process is renewing it: a later hit will find its renewal.
+      if (!renewal.mine) {
+        await sleep(RENEWAL_RETRY_MS)
         return
       }
       this.#counters.refreshes++
@@ -186,26 +211,32 @@ export class Resolver {
     } catch (err) {
       // A failed lookup was counted and logged where it failed.
       if (!(err instanceof ApiKeyLookupFailedError)) this.#backendFailed(err)
+    } finally {
+      if (leased) await this.#store.endRenewal(keyHash).catch((err: unknown) => this.#backendFailed(err))
     }
   }
 
   async #callLookup (keyHash: string, request: FastifyRequest): Promise<CachedAnswer> {
     this.#counters.lookups++
+    const startedAt = this.#telemetry.watchingLookups ? performance.now() : 0
     let answer: unknown
     try {
       answer = await this.#bounded(this.#lookup(keyHash, request))
     } catch (err) {
+      if (startedAt !== 0) this.#telemetry.lookedUp(keyHash, performance.now() - startedAt, false)
       this.#counters.lookupErrors++
       request.log.error({ err, keyHash }, 'fastify-auth-cache: API key lookup failed')
       throw new ApiKeyLookupFailedError()
     }
+    const ok = answer === null || answer === undefined || isApiKeyRecord(answer)
+    if (startedAt !== 0) this.#telemetry.lookedUp(keyHash, performance.now() - startedAt, ok)
     if (answer === null || answer === undefined) return UNKNOWN_KEY
-    if (!isApiKeyRecord(answer)) {
+    if (!ok) {
       this.#counters.lookupErrors++
       request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
       throw new ApiKeyLookupFailedError()
     }
-    return answer
+    return answer as ApiKeyRecord
   }
 
   /** `lookup`'s answer, or a LookupTimeoutError after lookupTimeoutMs; a late answer is dropped. */

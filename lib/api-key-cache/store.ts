@@ -26,6 +26,8 @@ export interface Renewal {
   current?: CachedAnswer
   /** Fresh life left of `current`, in ms. */
   freshMs: number
+  /** False when another process is renewing the key already (shared stores). */
+  mine: boolean
 }
 
 /**
@@ -58,6 +60,8 @@ export interface ApiKeyStore {
    * store already holds (`Renewal.current`), and only process memory takes it.
    */
   renew (keyHash: string, previous: CachedAnswer | undefined, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<void>
+  /** Refresh-ahead, done (renewed or not): lets other processes renew the key next time. */
+  endRenewal (keyHash: string): Promise<void>
   get (keyHash: string): Promise<CachedAnswer | undefined>
   set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void>
   delete (keyHash: string): Promise<void>
@@ -71,5 +75,7 @@ export interface ApiKeyStore {
   onInvalidate (listener: (keyHash: string | undefined) => void): void
   /** Invalidations received from other processes. */
   readonly invalidationsReceived: number
+  /** Entries held in process memory. */
+  readonly entries: number
   close (): Promise<void>
 }

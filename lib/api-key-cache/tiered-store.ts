@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
+import type { Telemetry } from '../telemetry'
 import { channelName, InvalidationBus } from './invalidation-bus'
 import { LocalAnswers, type LocalTicket } from './local-answers'
 import { RedisApiKeyStore } from './redis-store'
@@ -16,6 +17,7 @@ export interface TieredStoreOptions {
   log: FastifyBaseLogger
   revocationRetainMs: number
   staleMs: number
+  telemetry: Telemetry
 }
 
 export interface TieredStore extends ApiKeyStore {
@@ -52,9 +54,11 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
       invalidated (message) {
         if (message.kind === 'delete') remove(message.payload!)
         else flush()
+        options.telemetry.invalidated(message.kind, message.payload)
       },
       trustChanged (trusted) {
         flush()
+        options.telemetry.invalidated(trusted ? 'trust-regained' : 'trust-lost')
         // Back after a loss: Redis may have lost this process's revocations (a failover, a
         // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
         if (trusted) l2.replay().then(flush, flush)
@@ -79,6 +83,9 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
   return {
     backend: 'tiered',
     hearsInvalidations: true,
+    get entries () {
+      return local.size
+    },
     onInvalidate (listener) {
       invalidated = listener
     },
@@ -105,9 +112,10 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
 
     async beginRenewal (keyHash) {
       const ticket = local.ticket()
-      const { current, freshMs } = await l2.beginRenewal(keyHash)
-      return { ticket, current, freshMs }
+      return { ...await l2.beginRenewal(keyHash), ticket }
     },
+
+    endRenewal: (keyHash) => l2.endRenewal(keyHash),
 
     async renew (keyHash, previous, answer, ttlMs, ticket) {
       if (!local.accepts(keyHash, ticket as LocalTicket)) return

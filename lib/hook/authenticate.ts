@@ -1,15 +1,17 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
-import type { Resolver, Verdict } from '../api-key-cache/resolver'
+import type { Resolved, Resolver, Verdict } from '../api-key-cache/resolver'
 import type { Counters, Rejection } from '../api-key-cache/stats'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
-import { ApiKeyInvalidError, ApiKeyMissingError } from '../errors'
+import { ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError } from '../errors'
+import type { Telemetry } from '../telemetry'
 import { extractKey, MALFORMED, MISSING } from './extract-key'
 import { routeSettings } from './route-settings'
 
 export interface AuthenticatorOptions {
   resolver: Resolver
   counters: Counters
+  telemetry: Telemetry
   header: string
   realm: string
   formatPrefix: string | undefined
@@ -23,14 +25,15 @@ export interface Authenticator {
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { resolver, counters, header, formatPrefix } = options
+  const { resolver, counters, telemetry, header, formatPrefix } = options
   const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
   const missingChallenge = `${scheme} realm="${options.realm}"`
   const invalidChallenge = scheme === 'Bearer' ? `${missingChallenge}, error="invalid_token"` : missingChallenge
 
-  function refuse (request: FastifyRequest, reply: FastifyReply, reason: Rejection, keyHash?: string): Error {
+  function refuse (request: FastifyRequest, reply: FastifyReply, reason: Rejection, keyHash: string | undefined, startedAt: number): Error {
     counters.rejections[reason]++
+    if (startedAt !== 0) telemetry.authenticated(reason, keyHash, startedAt)
     if (reason === 'missing') {
       request.log.debug('fastify-auth-cache: refused, no API key')
       reply.header('www-authenticate', missingChallenge)
@@ -41,21 +44,29 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     return new ApiKeyInvalidError()
   }
 
-  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict): void {
-    if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash)
+  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict, source: Resolved['source'], startedAt: number): void {
+    if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash, startedAt)
     request.apiKey = verdict
+    if (startedAt !== 0) telemetry.authenticated(source, keyHash, startedAt)
   }
 
   /** Throws the 401; returns a promise only when the cache must load. */
   function authenticate (request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+    // The clock is read only when someone watches the outcome.
+    const startedAt = telemetry.watchingRequests ? performance.now() : 0
     const key = extractKey(request, header)
-    if (key === MISSING) throw refuse(request, reply, 'missing')
-    if (key === MALFORMED) throw refuse(request, reply, 'malformed')
-    if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed')
+    if (key === MISSING) throw refuse(request, reply, 'missing', undefined, startedAt)
+    if (key === MALFORMED) throw refuse(request, reply, 'malformed', undefined, startedAt)
+    if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed', undefined, startedAt)
     const keyHash = hashApiKey(key)
     const verdict = resolver.resolve(keyHash, request)
-    if (verdict instanceof Promise) return verdict.then((loaded) => accept(request, reply, keyHash, loaded))
-    accept(request, reply, keyHash, verdict)
+    if (!(verdict instanceof Promise)) return accept(request, reply, keyHash, verdict, 'hit', startedAt)
+    return verdict.then(
+      (resolved) => accept(request, reply, keyHash, resolved.verdict, resolved.source, startedAt),
+      (err: unknown) => {
+        if (startedAt !== 0 && err instanceof ApiKeyLookupFailedError) telemetry.authenticated('lookup-failed', keyHash, startedAt)
+        throw err
+      })
   }
 
   function hook (this: unknown, request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {

@@ -113,6 +113,25 @@ return redis.call('DEL', KEYS[1])
 }
 
 /**
+ * KEYS: record, renewal lease. ARGV: the stale window in ms, the lease's TTL in ms.
+ * Refresh-ahead, step one: returns { value or false, its fresh TTL in ms, 1 when this caller
+ * took the lease }. One process at a time renews a key; an evicted lease only lets a second one
+ * renew too, and a full Redis refuses it, and then nobody renews (entries end normally).
+ */
+export const BEGIN_RENEWAL: RedisScript = {
+  name: 'beginRenewal',
+  keys: 2,
+  lua: `
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if not ok or (value and string.sub(value, 1, ${CLAIM_MARK.length}) == '${CLAIM_MARK}') then value = false end
+local ttl = 0
+if value then ttl = redis.call('PTTL', KEYS[1]) - tonumber(ARGV[1]) end
+local okSet, reply = pcall(redis.call, 'SET', KEYS[2], '1', 'PX', ARGV[2], 'NX')
+return { value, ttl, (okSet and reply) and 1 or 0 }
+`
+}
+
+/**
  * KEYS: record. ARGV: the value a refresh-ahead read, the renewed value, its TTL in ms.
  * Renews only while the key still holds exactly what was read: a delete, a clear or an
  * eviction since then refuses it. Returns 1 when written.
