@@ -5,6 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 // tests would then run stale compiled code; the sources are the same package.
 import fastifyAuthCache, { type BackendName } from '../lib'
 import { KeyTable, type CreatedKey } from './key-table'
+import type { PrometheusMetrics } from './metrics'
 
 export const KEY_PREFIX = 'demo'
 
@@ -16,6 +17,8 @@ export interface ExampleAppOptions {
   logger?: FastifyServerOptions['logger']
   /** Apps given one table behave as processes sharing one database of keys. */
   keys?: KeyTable
+  /** Serves /metrics (Prometheus text) with this handler, and turns the plugin's metrics on. */
+  metrics?: PrometheusMetrics
 }
 
 export interface ExampleApp {
@@ -39,6 +42,7 @@ export async function buildExampleApp (options: ExampleAppOptions = {}): Promise
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
   await app.register(fastifyAuthCache, {
     backend: options.backend ?? (options.redisUrl !== undefined ? 'redis' : 'memory'),
+    metrics: options.metrics !== undefined,
     apiKeys: {
       lookup: (keyHash) => keys.find(keyHash) ?? null,
       // Junk and mistyped keys are refused before they cost a cache access or a lookup.
@@ -47,6 +51,13 @@ export async function buildExampleApp (options: ExampleAppOptions = {}): Promise
   })
 
   app.get('/health', { config: { apiKey: false } }, async () => ({ status: 'ok' }))
+  const metrics = options.metrics
+  if (metrics !== undefined) {
+    app.get('/metrics', { config: { apiKey: false } }, (request, reply) => {
+      reply.hijack()
+      metrics.handle(request.raw, reply.raw)
+    })
+  }
 
   // The response schema is an allow-list: nothing else of the record reaches the client.
   app.get('/whoami', { schema: { response: { 200: keyView } } }, async (request) => request.apiKey)

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net'
 import { buildExampleApp } from './app'
+import { startPrometheus } from './metrics'
 import type { CreatedKey } from './key-table'
 import type { BackendName } from '../lib'
 
@@ -27,6 +28,8 @@ function curlLines (base: string, demo: CreatedKey): string[] {
     `curl -i -X POST ${auth} -H 'content-type: application/json' -d '{"name":"my-client"}' ${base}/keys`,
     '# cache counters',
     `curl -s ${auth} ${base}/stats`,
+    '# Prometheus metrics (when @opentelemetry/exporter-prometheus is installed)',
+    `curl -s ${base}/metrics`,
     '# revoke a key by id; this one is the demo key, so /whoami with it answers 401 right after',
     `curl -i -X DELETE ${auth} ${base}/keys/${demo.id}`
   ]
@@ -34,6 +37,7 @@ function curlLines (base: string, demo: CreatedKey): string[] {
 
 async function main (): Promise<void> {
   const { app, demoKey } = await buildExampleApp({
+    metrics: await startPrometheus(),
     redisUrl,
     backend: redisUrl !== undefined ? (process.env.BACKEND as BackendName | undefined) : undefined,
     logger: { level: 'info' }
