@@ -7,6 +7,8 @@ import { Resolver } from './api-key-cache/resolver'
 import { createCounters } from './api-key-cache/stats'
 import type { ApiKeyStore } from './api-key-cache/store'
 import { createTieredStore } from './api-key-cache/tiered-store'
+import { channelName, InvalidationBus } from './api-key-cache/invalidation-bus'
+import { CredentialMemory } from './credentials/credential-memory'
 import { createCredentialStore } from './credentials/credential-store'
 import { KeyedMutex } from './credentials/keyed-mutex'
 import { MemoryCredentialByteStore } from './credentials/memory-byte-store'
@@ -70,15 +72,24 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     // window, after a claim that may have waited for its lookup.
     revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + staleMs + FILL_WINDOW_MS
   }
+  // One invalidation channel per app, shared by the API-key cache and the credential store.
+  let bus: InvalidationBus | undefined
+  if (backend === 'tiered' || credentialsBackend === 'tiered') {
+    bus = new InvalidationBus({ redis: redis!, channel: channelName(redis!, apiKeys.keyPrefix), guard, log: fastify.log })
+    bus.start()
+  }
   if (backend === 'memory') {
     store = createMemoryStore(apiKeys.max, staleMs)
   } else if (backend === 'redis') {
     store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0 })
   } else {
-    const tiered = createTieredStore(redisSettings)
-    store = tiered
+    store = createTieredStore({ ...redisSettings, bus: bus! })
+  }
+  if (bus !== undefined) {
+    const tieredBus = bus
+    fastify.addHook('onClose', () => tieredBus.close())
     // The first requests of a new process should be memory hits, not Redis reads.
-    await tiered.ready(STARTUP_WAIT_MS)
+    await bus.whenTrusted(STARTUP_WAIT_MS)
   }
   const apiKeyStore = store
   fastify.addHook('onClose', () => apiKeyStore.close())
@@ -101,10 +112,15 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     fastify.addHook('onRequest', authenticator.hook)
   }
 
+  const credentialBus = credentialsBackend === 'tiered' ? bus : undefined
   fastify.decorate('credentialStore', createCredentialStore({
     bytes: credentialsBackend === 'memory'
       ? new MemoryCredentialByteStore()
-      : new RedisCredentialByteStore(redis!, guard, options.credentials.keyPrefix),
+      : new RedisCredentialByteStore(redis!, guard, options.credentials.keyPrefix, credentialBus && {
+        channel: credentialBus.channel,
+        changed: (key) => credentialBus.message('credential', key)
+      }),
+    memory: credentialBus && new CredentialMemory(credentialBus),
     mutex: new KeyedMutex(),
     keyPrefix: options.credentials.keyPrefix,
     key: options.credentials.key,

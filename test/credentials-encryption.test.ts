@@ -108,9 +108,9 @@ describe('encryptedSerializer on its own', () => {
   })
 })
 
-for (const backend of ['memory', 'redis'] as const) {
+for (const backend of ['memory', 'redis', 'tiered'] as const) {
   test(`encrypted credentials round trip through the ${backend} store`, async (t) => {
-    const redis = backend === 'redis' ? await startRedis() : undefined
+    const redis = backend !== 'memory' ? await startRedis() : undefined
     t.after(async () => { await redis?.destroy() })
     const app = Fastify()
     t.after(() => app.close())

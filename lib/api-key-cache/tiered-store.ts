@@ -2,7 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import type { Telemetry } from '../telemetry'
-import { channelName, InvalidationBus } from './invalidation-bus'
+import type { InvalidationBus } from './invalidation-bus'
 import { LocalAnswers, type LocalTicket } from './local-answers'
 import { RedisApiKeyStore } from './redis-store'
 import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
@@ -10,6 +10,7 @@ import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
 interface TieredTicket { local: LocalTicket, shared: unknown }
 
 export interface TieredStoreOptions {
+  bus: InvalidationBus
   redis: RedisAdapter
   keyPrefix: string
   max: number
@@ -20,18 +21,13 @@ export interface TieredStoreOptions {
   telemetry: Telemetry
 }
 
-export interface TieredStore extends ApiKeyStore {
-  /** Resolves once process memory may serve (the bus is proven), or after `timeoutMs`. */
-  ready (timeoutMs: number): Promise<void>
-}
-
 /**
  * Process memory (L1) in front of Redis (L2), kept honest by the invalidation bus. L1 is used
  * only while the bus is trusted; every invalidation, and every change of trust, drops the
  * affected L1 entries, and L1 refuses the copies of L2 reads and lookups that were in flight
  * meanwhile, so their possibly stale answers do not come back.
  */
-export function createTieredStore (options: TieredStoreOptions): TieredStore {
+export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
   const local = new LocalAnswers(options.max, options.staleMs)
   let invalidated = (_keyHash: string | undefined): void => {}
   // Every invalidation seen here drops the entry, and tells the resolver that loads in flight
@@ -44,25 +40,20 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     local.flush()
     invalidated(undefined)
   }
-  // The bus comes first: the Redis store announces revocations in its words.
-  const bus = new InvalidationBus({
-    redis: options.redis,
-    channel: channelName(options.redis, options.keyPrefix),
-    guard: options.guard,
-    log: options.log,
-    handlers: {
-      invalidated (message) {
-        if (message.kind === 'delete') remove(message.payload!)
-        else flush()
-        options.telemetry.invalidated(message.kind, message.payload)
-      },
-      trustChanged (trusted) {
-        flush()
-        options.telemetry.invalidated(trusted ? 'trust-regained' : 'trust-lost')
-        // Back after a loss: Redis may have lost this process's revocations (a failover, a
-        // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
-        if (trusted) l2.replay().then(flush, flush)
-      }
+  const { bus } = options
+  bus.listen({
+    invalidated (message) {
+      if (message.kind === 'credential') return
+      if (message.kind === 'delete') remove(message.payload!)
+      else flush()
+      options.telemetry.invalidated(message.kind, message.payload)
+    },
+    trustChanged (trusted) {
+      flush()
+      options.telemetry.invalidated(trusted ? 'trust-regained' : 'trust-lost')
+      // Back after a loss: Redis may have lost this process's revocations (a failover, a
+      // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
+      if (trusted) l2.replay().then(flush, flush)
     }
   })
   const l2 = new RedisApiKeyStore({
@@ -79,7 +70,6 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     if (bus.trusted) local.fill(keyHash, answer, ttlMs, ticket)
   }
 
-  bus.start()
   return {
     backend: 'tiered',
     hearsInvalidations: true,
@@ -92,7 +82,6 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     get invalidationsReceived () {
       return bus.received
     },
-    ready: (timeoutMs) => bus.whenTrusted(timeoutMs),
 
     peek: (keyHash) => bus.trusted ? local.peek(keyHash) : undefined,
 
@@ -166,7 +155,6 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
 
     async close () {
       await l2.close()
-      await bus.close()
       local.flush()
     }
   }

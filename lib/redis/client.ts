@@ -50,6 +50,8 @@ export interface RedisAdapter {
    */
   hasReplicas (): Promise<boolean>
   getBuffer (key: string): Promise<Buffer | null>
+  /** The bytes and their TTL in ms (negative: none, or absent), read together. */
+  getBufferWithTtl (key: string): Promise<[Buffer | null, number]>
   set (key: string, value: string | Buffer, ttlMs?: number): Promise<void>
   /** SET NX PX; resolves true when set. */
   setIfAbsent (key: string, value: string, ttlMs: number): Promise<boolean>

@@ -121,6 +121,12 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
     },
 
     getBuffer: (key) => client.getBuffer(key),
+    async getBufferWithTtl (key) {
+      // One pipeline, one connection: the two replies are adjacent.
+      const results = (await client.pipeline().getBuffer(key).pttl(key).exec()) ?? []
+      for (const [err] of results) if (err) throw err
+      return [results[0][1] as Buffer | null, Number(results[1][1])]
+    },
     async set (key, value, ttlMs) {
       await (ttlMs === undefined ? client.set(key, value) : client.set(key, value, 'PX', ttlMs))
     },

@@ -173,8 +173,8 @@ return 0
 }
 
 /**
- * KEYS: value, lock. ARGV: token, bytes, ttl ms ('0' for none).
- * Saves and releases only while the lock is still ours; returns 0 when it was lost.
+ * KEYS: value, lock. ARGV: token, bytes, ttl ms ('0' for none), channel ('' for none), message.
+ * Saves, releases and announces only while the lock is still ours; returns 0 when it was lost.
  */
 export const SAVE_AND_RELEASE: RedisScript = {
   name: 'saveUnlock',
@@ -187,6 +187,25 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 redis.call('DEL', KEYS[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+`
+}
+
+/**
+ * KEYS: value. ARGV: bytes, ttl ms ('0' for none), channel, message.
+ * Saves and announces in one step, so no process can miss a change that landed.
+ */
+export const SAVE_AND_ANNOUNCE: RedisScript = {
+  name: 'saveAnnounce',
+  keys: 1,
+  lua: `
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `
 }
