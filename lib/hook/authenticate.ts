@@ -3,9 +3,11 @@ import type { Resolver, Verdict } from '../api-key-cache/resolver'
 import type { Counters, Rejection } from '../api-key-cache/stats'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
-import { ApiKeyInvalidError, ApiKeyMissingError } from '../errors'
+import { holdsScopes } from '../api-keys/scopes'
+import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyMissingError } from '../errors'
+import type { UsageRecorder } from '../usage/usage-recorder'
 import { extractKey, MALFORMED, MISSING } from './extract-key'
-import { routeSettings } from './route-settings'
+import type { RequiredScopes, RouteSettings, RouteSettingsReader } from './route-settings'
 
 export interface AuthenticatorOptions {
   resolver: Resolver
@@ -13,6 +15,10 @@ export interface AuthenticatorOptions {
   header: string
   realm: string
   formatPrefix: string | undefined
+  /** The route settings prepared at registration (scopes and their challenge). */
+  routes: RouteSettingsReader
+  /** Counts accepted requests for `apiKeys.onUsage`; undefined without it. */
+  usage: UsageRecorder | undefined
 }
 
 export interface Authenticator {
@@ -23,7 +29,7 @@ export interface Authenticator {
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { resolver, counters, header, formatPrefix } = options
+  const { resolver, counters, header, formatPrefix, routes, usage } = options
   const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
   const missingChallenge = `${scheme} realm="${options.realm}"`
@@ -41,28 +47,39 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     return new ApiKeyInvalidError()
   }
 
-  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict): void {
+  function forbid (request: FastifyRequest, reply: FastifyReply, keyHash: string, scopes: RequiredScopes): Error {
+    counters.rejections.forbidden++
+    request.log.debug({ keyHash, scopes: scopes.list }, 'fastify-auth-cache: refused, the API key lacks a scope of the route')
+    reply.header('www-authenticate', scopes.challenge)
+    return new ApiKeyForbiddenError()
+  }
+
+  /** Authentication first (401), then the route's scopes (403); nothing here allocates on success. */
+  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict, settings: RouteSettings): void {
     if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash)
+    const scopes = settings.scopes
+    if (scopes !== undefined && !holdsScopes(verdict, scopes.list)) throw forbid(request, reply, keyHash, scopes)
+    if (usage !== undefined) usage.record(keyHash, verdict.id)
     request.apiKey = verdict
   }
 
-  /** Throws the 401; returns a promise only when the cache must load. */
-  function authenticate (request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+  /** Throws the 401 or 403; returns a promise only when the cache must load. */
+  function authenticate (request: FastifyRequest, reply: FastifyReply, settings: RouteSettings): void | Promise<void> {
     const key = extractKey(request, header)
     if (key === MISSING) throw refuse(request, reply, 'missing')
     if (key === MALFORMED) throw refuse(request, reply, 'malformed')
     if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed')
     const keyHash = hashApiKey(key)
     const verdict = resolver.resolve(keyHash, request)
-    if (verdict instanceof Promise) return verdict.then((loaded) => accept(request, reply, keyHash, loaded))
-    accept(request, reply, keyHash, verdict)
+    if (verdict instanceof Promise) return verdict.then((loaded) => accept(request, reply, keyHash, loaded, settings))
+    accept(request, reply, keyHash, verdict, settings)
   }
 
   function hook (this: unknown, request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
-    if (!routeSettings(request).authenticate) return done()
     let pending: void | Promise<void>
     try {
-      pending = authenticate(request, reply)
+      const settings = routes.settingsOf(request)
+      pending = settings.authenticate ? authenticate(request, reply, settings) : undefined
     } catch (err) {
       return done(err as Error)
     }
@@ -70,8 +87,9 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     else pending.then(() => done(), done)
   }
 
+  /** Authenticates whatever the route's `config.apiKey` says of the hook, and enforces its scopes. */
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    await authenticate(request, reply)
+    await authenticate(request, reply, routes.settingsOf(request))
   }
 
   return { hook: hook as onRequestHookHandler, verify }
