@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { normalizeIP } from '@fastify/rate-limit'
-import type Redis from 'ioredis'
-import { generateApiKey, rateLimitByApiKey, type ApiKeyRecord } from '../lib'
+import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit'
+import Fastify from 'fastify'
+import Redis from 'ioredis'
+import fastifyAuthCache, { generateApiKey, hashApiKey, rateLimitByApiKey, type ApiKeyRecord } from '../lib'
 import { clientIpKey } from '../lib/rate-limit/client-ip'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { startWorkers, type IpcWorker, type WorkerReply } from './helpers/ipc-worker'
@@ -177,6 +178,32 @@ describe('rateLimitByApiKey with @fastify/rate-limit and its Redis store, two pr
     const everything = JSON.stringify(stored) + JSON.stringify(await Promise.all(stored.map((name) => admin.get(name))))
     for (const plaintext of Object.values(KEYS)) assert.ok(!everything.includes(plaintext))
   })
+})
+
+test('the ACL grant the README gives @fastify/rate-limit is enough, and nothing outside it is touched', async (t) => {
+  const namespace = 'acl-rate-limit:'
+  // The README's grant, with this test's namespace and ioredis' ready check.
+  await admin.call('ACL', 'SETUSER', 'rate-limiter', 'on', '>limiter-secret', 'resetkeys', `~${namespace}*`, 'resetchannels',
+    '-@all', '+evalsha', '+eval', '+incr', '+pexpire', '+pttl', '+get', '+info')
+  await admin.call('ACL', 'LOG', 'RESET')
+  const client = new Redis({ ...redis.connectionOptions(), username: 'rate-limiter', password: 'limiter-secret', maxRetriesPerRequest: 1 })
+  client.on('error', () => {})
+  const app = Fastify()
+  t.after(async () => {
+    await app.close()
+    client.disconnect()
+  })
+  const { key, hash } = generateApiKey({ prefix: 'limit' })
+  assert.equal(hash, hashApiKey(key))
+  await app.register(fastifyAuthCache, { apiKeys: { lookup: async (keyHash) => keyHash === hash ? { id: 'acl', active: true } : null } })
+  await app.register(fastifyRateLimit, { ...rateLimitByApiKey({ max: 2, timeWindowMs: DEFAULT_WINDOW_MS }), redis: client, nameSpace: namespace })
+  app.get('/', () => 'ok')
+  app.get('/open', { config: { apiKey: false } }, () => 'ok')
+  const statuses = []
+  for (let i = 0; i < 3; i++) statuses.push((await app.inject({ url: '/', headers: { 'x-api-key': key } })).statusCode)
+  for (let i = 0; i < 3; i++) statuses.push((await app.inject({ url: '/open' })).statusCode)
+  assert.deepEqual(statuses, [200, 200, 429, 200, 200, 429])
+  assert.deepEqual(await admin.call('ACL', 'LOG'), [], 'no command was refused')
 })
 
 describe('rateLimitByApiKey options', () => {
