@@ -343,6 +343,23 @@ describe('apiKeys.onUsage', () => {
     assert.deepEqual(Object.fromEntries(reporter.totals()), { [a.hash]: 3 })
   })
 
+  test('a request checked by the hook and by verifyApiKey on its route counts once', async (t) => {
+    const reporter = new Reporter()
+    const keys = new Keys()
+    const app = Fastify()
+    t.after(() => app.close())
+    await app.register(fastifyAuthCache, { apiKeys: { lookup: keys.lookup, onUsage: reporter.onUsage } })
+    app.get('/twice', { onRequest: app.verifyApiKey, config: { apiKey: { scopes: ['x'] } } }, () => 'ok')
+    const a = keys.add({ id: 'a', active: true, scopes: ['x'] })
+    const b = keys.add({ id: 'b', active: true })
+    await use(app, a.key, 4, '/twice')
+    await use(app, b.key, 1, '/twice', 403)
+    await app.close()
+    assert.deepEqual(Object.fromEntries(reporter.totals()), { [a.hash]: 4 })
+    assert.equal(app.apiKeyCache.stats().rejections.forbidden, 1)
+    assert.equal(app.apiKeyCache.stats().hits, 3)
+  })
+
   const invalid: Array<[string, Record<string, unknown>]> = [
     ['apiKeys.onUsage', { onUsage: 'console.log' }],
     ['apiKeys.onUsage', { onUsage: {} }],

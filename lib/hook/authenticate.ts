@@ -87,8 +87,12 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     else pending.then(() => done(), done)
   }
 
-  /** Authenticates whatever the route's `config.apiKey` says of the hook, and enforces its scopes. */
+  /**
+   * Authenticates whatever the route's `config.apiKey` says of the hook, and enforces its scopes.
+   * A request the hook already accepted on this route is not checked (nor counted) twice.
+   */
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (request.apiKey !== null) return
     await authenticate(request, reply, routes.settingsOf(request))
   }
 
