@@ -203,7 +203,7 @@ function targets (rows: RowFigures[], revocationP99: number, hot: HotPathFigure[
     out.push({ label: `${figure.label} >= 1,000,000 ops/s`, value: `${ops(figure.opsPerSecond)}, ${verdict(figure.opsPerSecond >= 1e6)}${control}` })
   }
   for (const backend of ['memory', 'redis', 'tiered']) {
-    const [small, large] = rows.filter((r) => r.label.includes(`, ${backend},`))
+    const [small, large] = rows.filter((r) => r.label.includes(`, ${backend},`) && !r.label.includes('scoped'))
     const ratio = large.requestsPerSecond / small.requestsPerSecond
     // With 10 keys, concurrent requests share Redis reads (single flight), so redis compares unlike with like.
     const caveat = backend === 'redis' ? ' (the 10-key row shares Redis reads, see notes)' : ''

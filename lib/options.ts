@@ -3,6 +3,7 @@ import { assertKeyPrefix } from './api-keys/key-format'
 import { jsonSerializer, type SerializerContext } from './credentials/serializer'
 import { InvalidOptionError } from './errors'
 import type { ApiKeyRecord, BackendName, Credential } from './types'
+import type { UsageReporter } from './usage/usage-recorder'
 
 /** The source of truth behind the cache, asked with the key's SHA-256, never the key. */
 export type ApiKeyLookup = (keyHash: string, request: FastifyRequest) =>
@@ -77,6 +78,19 @@ export interface ApiKeysOptions {
    * @default 0 (off)
    */
   refreshAheadSeconds?: number
+  /**
+   * Called off the request path, at most once per `usageFlushMs` per process, with
+   * `[{ keyHash, id, count, lastUsedAt }]` for every key that passed authentication and the
+   * route's scopes since the previous call. A batch whose call throws, rejects or is still
+   * running at close is merged into the next; at most `max` keys are held between calls.
+   * @default undefined (no usage is counted)
+   */
+  onUsage?: UsageReporter
+  /**
+   * Milliseconds between two `onUsage` calls; the last batch is also flushed on close.
+   * @default 60000
+   */
+  usageFlushMs?: number
 }
 
 export interface CredentialsOptions<T = Credential> {
@@ -153,7 +167,7 @@ export interface ResolvedOptions {
   strict: boolean
   redisTimeoutMs: number
   metrics: boolean
-  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format'>> & Pick<ApiKeysOptions, 'lookup' | 'format'>
+  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format' | 'onUsage'>> & Pick<ApiKeysOptions, 'lookup' | 'format' | 'onUsage'>
   credentials: Required<Omit<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>> & Pick<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>
 }
 
@@ -222,7 +236,11 @@ export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
       format: apiKeys.format,
       lookupTimeoutMs: option(apiKeys.lookupTimeoutMs, 5000, 'apiKeys.lookupTimeoutMs', isPositive, 'must be a positive number of milliseconds'),
       staleIfErrorSeconds: option(apiKeys.staleIfErrorSeconds, 0, 'apiKeys.staleIfErrorSeconds', isNonNegative, 'must be a number of seconds, 0 or more'),
-      refreshAheadSeconds: option(apiKeys.refreshAheadSeconds, 0, 'apiKeys.refreshAheadSeconds', isNonNegative, 'must be a number of seconds, 0 or more')
+      refreshAheadSeconds: option(apiKeys.refreshAheadSeconds, 0, 'apiKeys.refreshAheadSeconds', isNonNegative, 'must be a number of seconds, 0 or more'),
+      onUsage: option<UsageReporter | undefined>(apiKeys.onUsage, undefined, 'apiKeys.onUsage', isFunction, 'must be a function'),
+      // setInterval fires at once for anything longer than 2^31 - 1 ms.
+      usageFlushMs: option(apiKeys.usageFlushMs, 60_000, 'apiKeys.usageFlushMs',
+        (v) => isPositive(v) && (v as number) <= 2_147_483_647, 'must be a positive number of milliseconds, at most 2147483647')
     },
     credentials: {
       key: option(credentials.key, 'default', 'credentials.key', (v) => isString(v) && (v as string).length > 0, 'must be a non-empty string'),

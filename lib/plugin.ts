@@ -15,13 +15,14 @@ import { MemoryCredentialByteStore } from './credentials/memory-byte-store'
 import { RedisCredentialByteStore } from './credentials/redis-byte-store'
 import { InvalidOptionError, NoRedisError } from './errors'
 import { createAuthenticator } from './hook/authenticate'
-import { prepareRoute } from './hook/route-settings'
+import { createRouteSettings } from './hook/route-settings'
 import { FILL_WINDOW_MS } from './limits'
 import { resolveOptions, type FastifyAuthCacheOptions, type ResolvedOptions } from './options'
 import { adaptRedis } from './redis/adapt'
 import type { RedisAdapter } from './redis/client'
 import { RedisGuard } from './redis/guard'
 import { createTelemetry } from './telemetry'
+import { UsageRecorder } from './usage/usage-recorder'
 
 // `app.ready()` waits this long at most for the tiered backend to be able to serve from memory.
 const STARTUP_WAIT_MS = 2000
@@ -98,19 +99,27 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   fastify.decorate('apiKeyCache', createApiKeyCache(apiKeyStore, counters))
   fastify.decorateRequest('apiKey', null as never)
 
+  const usage = apiKeys.onUsage === undefined
+    ? undefined
+    : new UsageRecorder({ onUsage: apiKeys.onUsage, flushMs: apiKeys.usageFlushMs, max: apiKeys.max, counters, log: fastify.log })
+  if (usage !== undefined) fastify.addHook('onClose', () => usage.close())
+
+  const scheme = apiKeys.header === 'authorization' ? 'Bearer' : 'ApiKey'
+  // Route config is read at declaration, with or without the hook: verifyApiKey enforces scopes too.
+  const routes = createRouteSettings({ scheme, realm: apiKeys.realm })
+  fastify.addHook('onRoute', routes.prepareRoute)
   const authenticator = createAuthenticator({
     resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store: apiKeyStore, counters, telemetry, log: fastify.log }),
     counters,
     telemetry,
     header: apiKeys.header,
     realm: apiKeys.realm,
-    formatPrefix: apiKeys.format?.prefix
+    formatPrefix: apiKeys.format?.prefix,
+    routes,
+    usage
   })
   fastify.decorate('verifyApiKey', authenticator.verify)
-  if (apiKeys.hook) {
-    fastify.addHook('onRoute', prepareRoute)
-    fastify.addHook('onRequest', authenticator.hook)
-  }
+  if (apiKeys.hook) fastify.addHook('onRequest', authenticator.hook)
 
   const credentialBus = credentialsBackend === 'tiered' ? bus : undefined
   fastify.decorate('credentialStore', createCredentialStore({

@@ -21,7 +21,7 @@ const CALLERS_PER_PROCESS = 10
 interface Handing { accessToken: string, handedAt: number, expiresAt: number }
 interface Use { accessToken: string, usedAt: number, use: string }
 
-describe('getFresh with a real OAuth 2 server that rotates refresh tokens, 2 processes on one Redis', () => {
+for (const backend of ['redis', 'tiered'] as const) describe(`getFresh with a real OAuth 2 server that rotates refresh tokens, 2 processes on one Redis, ${backend} backend`, () => {
   let redis: RedisServer
   let server: OAuthServer
   let workers: IpcWorker[] = []
@@ -34,6 +34,7 @@ describe('getFresh with a real OAuth 2 server that rotates refresh tokens, 2 pro
     oauth = new ResourceOwnerPassword({ client: server.client, auth: { tokenHost: server.url } })
     workers = await startWorkers(2, WORKER, {
       REDIS_URL: redis.url,
+      BACKEND: backend,
       KEY_PREFIX: 'oauth:',
       OAUTH_URL: server.url,
       OAUTH_CLIENT_ID: server.client.id,

@@ -1,6 +1,7 @@
 import type { RejectReason } from '../api-keys/record'
 
-export type Rejection = 'missing' | 'malformed' | RejectReason
+/** Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route scope. */
+export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden'
 
 export interface ApiKeyCacheStats {
   /** Answers served from the cache: records. */
@@ -23,8 +24,10 @@ export interface ApiKeyCacheStats {
   refreshes: number
   /** Invalidations received from other processes (tiered). */
   invalidations: number
-  /** Requests refused with 401, by reason. */
+  /** Requests refused with 401 by reason, and with 403 (`forbidden`: a key lacking a route scope). */
   rejections: Record<Rejection, number>
+  /** Uses of a key that `onUsage` will not hear of: `apiKeys.max` keys were already held between calls. */
+  usageDropped: number
 }
 
 /** The counters the request path increments, each in exactly one place. */
@@ -41,6 +44,7 @@ export function createCounters (): Counters {
     backendErrors: 0,
     staleServed: 0,
     refreshes: 0,
-    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0 }
+    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0 },
+    usageDropped: 0
   }
 }
