@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import type { RedisOptions } from 'ioredis'
 import { requestPathCommandCalls } from './helpers/command-stats'
+import { waitUntil } from './helpers/wait-until'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import {
   aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, waitFor, type AclUser
@@ -113,11 +114,13 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       await step('credentialStore update', async () => {
         const next = await b.app.credentialStore.update((current) => ({ ...(current as object | undefined), token: 'acl-2' }))
         assert.deepEqual(next, { token: 'acl-2' })
-        assert.deepEqual(await a.app.credentialStore.load(), { token: 'acl-2' })
+        // Another tiered process sees the change once its announcement arrives (milliseconds).
+        await waitUntil('the other app loads the update', 2000, async () =>
+          JSON.stringify(await a.app.credentialStore.load()) === JSON.stringify({ token: 'acl-2' }))
       })
       await step('credentialStore clear', async () => {
         await a.app.credentialStore.clear()
-        assert.equal(await b.app.credentialStore.load(), undefined)
+        await waitUntil('the other app sees the clear', 2000, async () => (await b.app.credentialStore.load()) === undefined)
       })
       for (const app of pair) {
         const errors = app.app.apiKeyCache.stats().backendErrors
