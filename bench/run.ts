@@ -8,6 +8,7 @@ import { runInNewContext } from 'node:vm'
 import type { ApiKeyCacheStats } from '../lib'
 import { startRedis, type RedisServer } from '../test/helpers/redis-server'
 import { figuresFromResults, resultsChart } from './chart'
+import type { CredentialFigure } from './credentials'
 import type { HotPathFigure } from './hot-path'
 import { Peer } from './ipc'
 import { benchKeys } from './keys'
@@ -181,6 +182,13 @@ async function hotPath (redisUrl: string): Promise<HotPathFigure[]> {
   return JSON.parse(stdout.trim().split('\n').pop()!) as HotPathFigure[]
 }
 
+async function credentialLoads (redisUrl: string): Promise<Figure[]> {
+  const { stdout } = await promisify(execFile)(process.execPath,
+    ['--import', 'tsx', join(__dirname, 'credentials.ts'), '--json', redisUrl], { cwd: ROOT, maxBuffer: 1 << 20 })
+  const figures = JSON.parse(stdout.trim().split('\n').pop()!) as CredentialFigure[]
+  return figures.map(({ label, loadsPerSecond }) => ({ label, value: `${Math.round(loadsPerSecond).toLocaleString('en-US')} loads/s` }))
+}
+
 function targets (rows: RowFigures[], revocationP99: number, hot: HotPathFigure[]): Figure[] {
   const verdict = (ok: boolean): string => ok ? 'met' : 'NOT met'
   const out: Figure[] = []
@@ -249,6 +257,8 @@ async function main (): Promise<void> {
     const revocation = await measureRevocation(redis.url, REVOCATIONS)
     log('hot path')
     const hot = await hotPath(redis.url)
+    log('credential loads')
+    const credentials = await credentialLoads(redis.url)
 
     const report = {
       settings: `${ROUNDS} rounds x ${ROUND_SECONDS} s per row, every row once per round in a new random order, after a warm-up of ${WARMUP_SECONDS} s ` +
@@ -260,6 +270,7 @@ async function main (): Promise<void> {
       rows: rowFigures,
       revocation: revocation.figures,
       hotPath: formatHotPath(hot),
+      credentials,
       targets: targets(rowFigures, revocation.p99, hot),
       loadBefore,
       loadAfter: currentLoad()
