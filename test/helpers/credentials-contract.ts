@@ -1,15 +1,30 @@
 import assert from 'node:assert/strict'
-import { describe, test, before, after, type TestContext } from 'node:test'
+import { randomBytes } from 'node:crypto'
+import { describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import fastifyAuthCache, {
   jsonSerializer, type CredentialStore, type CredentialsOptions, type FastifyAuthCacheOptions,
   type SerializerContext
-} from '../lib'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+} from '../../lib'
+import type { ContractRedis, InspectRedis } from './api-key-cache-contract'
 
-type Backend = 'memory' | 'redis'
 type Store = CredentialStore<unknown>
+
+/**
+ * What the credential contract needs from the caller. The functions are called only inside
+ * tests, so a caller may start its Redis in a `before` hook.
+ */
+export interface CredentialStoreContractFixture {
+  backend: 'memory' | 'redis'
+  /**
+   * A fresh client for one app (another process, as far as the lock is concerned), ready to
+   * use; the suite closes it after the app. Never called for 'memory'.
+   */
+  createClient?: () => ContractRedis | Promise<ContractRedis>
+  /** An ioredis client without keyPrefix for raw looks at exact keys; the suite never closes it. */
+  inspect?: () => InspectRedis
+}
 
 interface Deferred { promise: Promise<void>, resolve: () => void }
 
@@ -43,33 +58,32 @@ class SwitchableSerializer {
 
 const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
-for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[]) {
-  describe(`credential store contract, ${backend} backend`, () => {
-    let redis: RedisServer | undefined
+/** The contract of `fastify.credentialStore`, for one backend and client. */
+export function credentialStoreContract (label: string, fixture: CredentialStoreContractFixture): void {
+  const { backend } = fixture
+  describe(`credential store contract, ${label}`, () => {
+    /** The raw view of Redis, or undefined on the memory backend. */
+    const redis = backend === 'redis' ? { client: () => fixture.inspect!() } : undefined
+    // Several runs of the contract may share one Redis.
+    const run = randomBytes(3).toString('hex')
     let prefixes = 0
 
-    before(async () => {
-      if (backend === 'redis') redis = await startRedis()
-    })
-    after(async () => {
-      await redis?.destroy()
-    })
-
     /** A prefix no other test uses, so tests never see each other's keys. */
-    const freshPrefix = (): string => `cred-${backend}-${++prefixes}:`
+    const freshPrefix = (): string => `cred-${backend}-${run}-${++prefixes}:`
 
     /** The credential store of a newly registered app; on Redis each app is a separate client, like another process. */
     async function open (t: TestContext, credentials: CredentialsOptions): Promise<Store> {
       const app = Fastify()
       const options: FastifyAuthCacheOptions = { backend, strict: true, apiKeys: { hook: false }, credentials }
-      if (redis !== undefined) {
-        const client = redis.client()
-        t.after(() => client.quit())
-        options.redis = client
-      }
+      const client = backend === 'redis' ? await fixture.createClient!() : undefined
+      // The app closes first, then its client: the plugin never closes a client it did not create.
+      t.after(async () => {
+        await app.close()
+        await client?.quit().catch(() => client.disconnect())
+      })
+      if (client !== undefined) options.redis = client
       await app.register(fastifyAuthCache, options)
       await app.ready()
-      t.after(() => app.close())
       return app.credentialStore as Store
     }
 
@@ -86,14 +100,7 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
 
     /** The stored bytes of `key`: straight from Redis, or on memory through a switchable serializer. */
     async function rawGet (store: Store, serializer: SwitchableSerializer, fullKey: string): Promise<Buffer | undefined> {
-      if (redis !== undefined) {
-        const client = redis.client()
-        try {
-          return (await client.getBuffer(fullKey)) ?? undefined
-        } finally {
-          client.disconnect()
-        }
-      }
+      if (redis !== undefined) return (await redis.client().getBuffer(fullKey)) ?? undefined
       serializer.raw = true
       try {
         return await store.load() as Buffer | undefined
@@ -104,12 +111,7 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
 
     async function rawSet (store: Store, serializer: SwitchableSerializer, fullKey: string, bytes: Buffer): Promise<void> {
       if (redis !== undefined) {
-        const client = redis.client()
-        try {
-          await client.set(fullKey, bytes)
-        } finally {
-          client.disconnect()
-        }
+        await redis.client().set(fullKey, bytes)
         return
       }
       serializer.raw = true
@@ -136,7 +138,6 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
       assert.equal(await store.load(), undefined)
       if (redis !== undefined) {
         const client = redis.client()
-        t.after(() => client.quit())
         assert.equal(await client.exists(`${keyPrefix}default`), 0)
       }
       // Clearing what is absent is not an error.
@@ -171,7 +172,6 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
 
       if (redis !== undefined) {
         const client = redis.client()
-        t.after(() => client.quit())
         assert.deepEqual(await client.getBuffer(`${keyPrefix}other`), Buffer.from('{"who":"other again"}'))
         assert.equal(await client.exists(`${keyPrefix}main`), 0)
         // Another app on the same Redis and prefix sees the scoped value: the layout is the contract.
@@ -198,7 +198,6 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
       ])
       if (redis !== undefined) {
         const client = redis.client()
-        t.after(() => client.quit())
         assert.deepEqual(await client.getBuffer(`${keyPrefix}bin`), bytes)
       }
     })
@@ -208,7 +207,6 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
       const ttlMs = 400
       const store = await open(t, { keyPrefix, ttlSeconds: ttlMs / 1000 })
       const client = redis?.client()
-      if (client !== undefined) t.after(() => client.quit())
 
       async function expectExpiry (fullKey: string, store: Store, writtenAfter: number): Promise<void> {
         if (client !== undefined) {
@@ -282,7 +280,6 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
       const keyPrefix = freshPrefix()
       const store = await open(t, { keyPrefix })
       const client = redis.client()
-      t.after(() => client.quit())
       await client.hset(`${keyPrefix}default`, 'accessToken', 'x')
       await assert.rejects(store.load(), { code: 'FST_CREDENTIALS_DESERIALIZE' })
       await assert.rejects(store.update(() => 'never'), { code: 'FST_CREDENTIALS_DESERIALIZE' })
@@ -330,7 +327,6 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
         await assert.rejects(store.load(), { code: 'FST_CREDENTIALS_DESERIALIZE' })
         if (redis !== undefined) {
           const client = redis.client()
-          t.after(() => client.quit())
           assert.equal(await client.get(`${keyPrefix}default`), text)
           await client.set(`${keyPrefix}default`, ` ${text.replace(':', ' : ')}`)
           await assert.rejects(store.load(), { code: 'FST_CREDENTIALS_DESERIALIZE' })
