@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test, type TestContext } from 'node:test'
+import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis, { Cluster } from 'ioredis'
 import Valkey, { Cluster as ValkeyCluster } from 'iovalkey'
-import { createClient, createCluster } from 'redis'
+import { createClient, createClientPool, createCluster, createSentinel } from 'redis'
 import { fastifyAuthCache, hashApiKey, type BackendName } from '../lib'
+import { adaptRedis } from '../lib/redis/adapt'
+import { DELETE_RECORD } from '../lib/redis/scripts'
 import {
   apiKeyCacheContract, call, KeySource, newKey, newPrefix, record, until,
   type ContractRedis, type InspectRedis
@@ -13,7 +16,7 @@ import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { credentialStoreContract } from './helpers/credentials-contract'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { startRedisCluster, type RedisCluster } from './helpers/redis-cluster'
-import { usePrivateRedis } from './helpers/redis-server'
+import { freePort, startRedis, usePrivateRedis } from './helpers/redis-server'
 
 /**
  * CONTRACT section 11: sections 2-10 hold on every supported client library. The API-key and
@@ -51,8 +54,8 @@ interface Library {
   onCluster: boolean
   /** Whether the API-key and credential contracts run here (ioredis has them in files of its own). */
   contracts: boolean
-  /** A fresh client, ready to use, as a user would pass it. */
-  create (): Promise<Client>
+  /** A fresh client, ready to use, as a user would pass it; `keyPrefix` is the library's own option. */
+  create (settings?: { keyPrefix?: string }): Promise<Client>
   /** Closes a client the test made. */
   close (client: Client): Promise<void>
 }
@@ -72,7 +75,7 @@ const ioredis: Library = {
   label: 'ioredis Redis',
   onCluster: false,
   contracts: false,
-  create: async () => silenced(new Redis({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3 })),
+  create: async (settings) => silenced(new Redis({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3, ...settings })),
   close: quit
 }
 
@@ -80,7 +83,7 @@ const ioredisCluster: Library = {
   label: 'ioredis Cluster',
   onCluster: true,
   contracts: false,
-  create: async () => silenced(new Cluster(clusterNodes(), { redisOptions: { maxRetriesPerRequest: 1 } })),
+  create: async (settings) => silenced(new Cluster(clusterNodes(), { redisOptions: { maxRetriesPerRequest: 1 }, ...settings })),
   close: quit
 }
 
@@ -88,7 +91,7 @@ const iovalkey: Library = {
   label: 'iovalkey Redis',
   onCluster: false,
   contracts: true,
-  create: async () => silenced(new Valkey({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3 })),
+  create: async (settings) => silenced(new Valkey({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3, ...settings })),
   close: quit
 }
 
@@ -96,7 +99,7 @@ const iovalkeyCluster: Library = {
   label: 'iovalkey Cluster',
   onCluster: true,
   contracts: true,
-  create: async () => silenced(new ValkeyCluster(clusterNodes(), { redisOptions: { maxRetriesPerRequest: 1 } })),
+  create: async (settings) => silenced(new ValkeyCluster(clusterNodes(), { redisOptions: { maxRetriesPerRequest: 1 }, ...settings })),
   close: quit
 }
 
@@ -111,7 +114,7 @@ function nodeRedis (RESP: 2 | 3): Library {
     onCluster: false,
     contracts: true,
     // node-redis clients are connected by their user before they are handed to the plugin.
-    create: async () => await silenced(createClient({ socket: { host: HOST, port: single.server.port }, RESP })).connect() as Client,
+    create: async (settings) => await silenced(createClient({ socket: { host: HOST, port: single.server.port }, RESP, ...settings })).connect() as Client,
     close: closeNodeRedis
   }
 }
@@ -120,7 +123,7 @@ const nodeRedisCluster: Library = {
   label: 'node-redis createCluster',
   onCluster: true,
   contracts: true,
-  create: async () => await silenced(createCluster({ rootNodes: clusterNodes().map((socket) => ({ socket })) })).connect() as Client,
+  create: async (settings) => await silenced(createCluster({ rootNodes: clusterNodes().map((socket) => ({ socket })), ...settings })).connect() as Client,
   close: closeNodeRedis
 }
 
@@ -161,8 +164,9 @@ interface LibraryApp {
 }
 
 /** A ready app on a fresh client of `library`; the app is closed after the test, then its client. */
-async function libraryApp (t: TestContext, library: Library, backend: BackendName, keyPrefix: string): Promise<LibraryApp> {
-  const client = await library.create()
+async function libraryApp (t: TestContext, library: Library, backend: BackendName, keyPrefix: string,
+  clientPrefix?: string): Promise<LibraryApp> {
+  const client = await library.create(clientPrefix === undefined ? {} : { keyPrefix: clientPrefix })
   const source = new KeySource()
   const log = new CapturedLog()
   const app = Fastify({ logger: { level: 'info', stream: log.stream } })
@@ -214,7 +218,8 @@ async function cached (serving: LibraryApp, key: string): Promise<void> {
   })
 }
 
-for (const library of LIBRARIES) {
+/** Everything this file checks on one library. */
+function libraryTests (library: Library): void {
   describe(library.label, () => {
     const inspect = (): InspectRedis => inspectOf(library)
     const createClient = (): Promise<Client> => library.create()
@@ -305,7 +310,8 @@ for (const library of LIBRARIES) {
 
       await until('both subscribers are back', async () => {
         const now = await connectionsNamed(nodes, SUBSCRIBER_NAME, true)
-        return now.length === 2 && now.every(([, id]) => !subscribers.some(([, killed]) => killed === id))
+        // Ids are per node: a new connection elsewhere may reuse a killed one's number.
+        return now.length === 2 && now.every(([node, id]) => !subscribers.some(([killedOn, killed]) => killedOn === node && killed === id))
       }, DISRUPTED_BOUND_MS * 5)
       await until('the serving app uses its process memory again', () => servesFromMemory(serving.app, inspect(), keyPrefix))
       assert.equal((await call(serving.app, stale)).status, 401, 'the stale entry did not survive the lost connection')
@@ -316,6 +322,53 @@ for (const library of LIBRARIES) {
       serving.source.answer(hashApiKey(key), record('after', { active: false }))
       await revoking.app.apiKeyCache.delete(hashApiKey(key))
       await until('the serving app refuses the revoked key', async () => (await call(serving.app, key)).status === 401, REVOCATION_BOUND_MS)
+    })
+
+    test('the client\'s own keyPrefix comes first in every key, as in its own commands', options, async (t) => {
+      const clientPrefix = `${newPrefix('tenant')}`
+      const keyPrefix = newPrefix('prefixed')
+      const a = await libraryApp(t, library, 'tiered', keyPrefix, clientPrefix)
+      const b = await libraryApp(t, library, 'tiered', keyPrefix, clientPrefix)
+      const stored = (key: string): string => clientPrefix + key
+
+      const set = hashApiKey(newKey())
+      await a.app.apiKeyCache.set(set, record('prefixed'), 60)
+      assert.equal(await inspect().exists(stored(keyPrefix + set)), 1)
+      // The library's own commands see the same key, their prefix added as the plugin's is.
+      assert.equal(JSON.parse(await a.client.get(keyPrefix + set)).id, 'prefixed')
+      assert.equal((await b.app.apiKeyCache.get(set))?.id, 'prefixed')
+
+      // A fill lands there too, and a delete in one app reaches the other on the prefixed channel.
+      const key = newKey()
+      b.source.answer(hashApiKey(key), record('filled'))
+      await until('b serves from its process memory', () => servesFromMemory(b.app, inspect(), stored(keyPrefix)))
+      await cached(b, key)
+      assert.equal(await inspect().exists(stored(keyPrefix + hashApiKey(key))), 1)
+      b.source.answer(hashApiKey(key), record('filled', { active: false }))
+      await a.app.apiKeyCache.delete(hashApiKey(key))
+      await msUntilRefused(b.app, key, REVOCATION_BOUND_MS)
+
+      // clear() finds the prefixed keys with SCAN and deletes them as stored; the same names
+      // without the client's prefix are someone else's.
+      const foreign = keyPrefix + hashApiKey(newKey())
+      await inspect().set(foreign, JSON.stringify(record('foreign')))
+      t.after(() => inspect().del(foreign))
+      await a.app.apiKeyCache.clear()
+      assert.equal(await inspect().exists(stored(keyPrefix + set)), 0)
+      assert.equal(await inspect().exists(foreign), 1)
+      assert.equal(await b.app.apiKeyCache.get(set), undefined)
+
+      // Credentials: value and lock under the client's prefix (in one slot on a Cluster), the
+      // lock exclusive across the two apps.
+      const scope = 'counter'
+      const results = await Promise.all(Array.from({ length: 10 }, (_, i) =>
+        (i % 2 === 0 ? a : b).app.credentialStore.scope(scope).update(async (current) => {
+          await new Promise((resolve) => setTimeout(resolve, 2))
+          return ((current as number | undefined) ?? 0) + 1
+        }, { waitMs: 20_000 })))
+      assert.deepEqual([...results].sort((x, y) => (x as number) - (y as number)), Array.from({ length: 10 }, (_, i) => i + 1))
+      assert.equal(await inspect().get(stored(`credentials:${scope}`)), '10')
+      assert.equal(await a.client.get(`credentials:${scope}`), '10')
     })
 
     test('when the user\'s client reconnects, recent revocations are made again', options, async (t) => {
@@ -344,3 +397,150 @@ for (const library of LIBRARIES) {
     })
   })
 }
+
+// The libraries on the single server run one after the other (some tests kill its connections),
+// and so do those on the Cluster; the two groups, on separate Redis servers, run side by side.
+describe('every library', { concurrency: true }, () => {
+  // A suite's concurrency is inherited: each group sets its own back to one test at a time.
+  describe('on one redis-server', { concurrency: 1 }, () => { for (const library of LIBRARIES.filter((one) => !one.onCluster)) libraryTests(library) })
+  describe('on a Redis Cluster', { concurrency: 1 }, () => { for (const library of LIBRARIES.filter((one) => one.onCluster)) libraryTests(library) })
+})
+
+describe('which clients are accepted, and how', () => {
+  test('each library\'s clients are recognised; a node-redis pool or Sentinel and other objects are refused by name', options, async (t) => {
+    for (const library of LIBRARIES) {
+      const client = await library.create()
+      t.after(() => library.close(client))
+      assert.notEqual(adaptRedis(client), undefined, library.label)
+    }
+    const pool = createClientPool({ socket: { host: HOST, port: single.server.port } })
+    const sentinel = createSentinel({ name: 'mymaster', sentinelRootNodes: [{ host: HOST, port: single.server.port }] })
+    for (const [label, unsupported] of [['a node-redis pool', pool], ['a node-redis Sentinel', sentinel], ['a plain object', { get () {} }]] as const) {
+      assert.equal(adaptRedis(unsupported), undefined, label)
+      const app = Fastify({ logger: false })
+      await assert.rejects(async () => {
+        await app.register(fastifyAuthCache, { backend: 'redis', redis: unsupported, apiKeys: { hook: false } })
+        await app.ready()
+      }, (err: NodeJS.ErrnoException) => {
+        assert.equal(err.code, 'FST_AUTH_CACHE_INVALID_OPTION', label)
+        assert.match(err.message, /ioredis or iovalkey .* node-redis createClient or createCluster/)
+        return true
+      })
+    }
+  })
+
+  test('fastify.redis (as @fastify/redis decorates it, namespaced or not) may hold an iovalkey or node-redis client', options, async (t) => {
+    for (const library of [iovalkey, nodeRedis(3), nodeRedisCluster]) {
+      for (const namespace of [undefined, 'cache']) {
+        const client = await library.create()
+        const app = Fastify({ logger: false })
+        t.after(async () => {
+          await app.close()
+          await library.close(client)
+        })
+        if (library === iovalkey) {
+          // @fastify/redis itself waits for an ioredis-style `status`; node-redis has none (see the README).
+          await app.register(fastifyRedis, { client: client as never, ...(namespace === undefined ? {} : { namespace }) })
+        } else {
+          app.decorate('redis', (namespace === undefined ? client : { [namespace]: client }) as never)
+        }
+        await app.register(fastifyAuthCache, { backend: 'tiered', strict: true, ...(namespace === undefined ? {} : { redis: namespace }), apiKeys: { hook: false } })
+        await app.ready()
+        assert.equal(app.apiKeyCache.backend, 'tiered', `${library.label}, namespace ${String(namespace)}`)
+        const keyHash = hashApiKey(newKey())
+        await app.apiKeyCache.set(keyHash, record('decorated'), 60)
+        assert.equal(await inspectOf(library).exists(`apikey:${keyHash}`), 1)
+        await app.apiKeyCache.delete(keyHash)
+      }
+    }
+  })
+})
+
+describe('revocations acknowledged by a replica (WAIT on the connection that ran the script)', () => {
+  const script = DELETE_RECORD
+  const noAnnouncement = ['', '']
+
+  test('on a single node with one replica, after a SCRIPT FLUSH too', options, async (t) => {
+    // Redis waits 5 s for more replicas before a first full sync by default.
+    await single.admin.config('SET', 'repl-diskless-sync-delay', '0')
+    const replica = await startRedis(['--replicaof', HOST, String(single.server.port)])
+    t.after(() => replica.destroy())
+    const replicaAdmin = replica.client()
+    t.after(() => replicaAdmin.disconnect())
+    await until('the replica is in sync', async () => (await replicaAdmin.info('replication')).includes('master_link_status:up'))
+
+    for (const library of LIBRARIES.filter((one) => !one.onCluster)) {
+      const client = await library.create()
+      t.after(() => library.close(client))
+      const adapter = adaptRedis(client)!
+      // A plain connection cannot tell how many replicas there are: the plugin waits for none.
+      assert.equal(adapter.knownReplicas(), 0, library.label)
+      for (const flush of [false, true]) {
+        if (flush) await single.admin.script('FLUSH')
+        const key = `replicated:${library.label}:${String(flush)}`
+        await single.admin.set(key, 'x')
+        await until('the replica has the key', async () => (await replicaAdmin.exists(key)) === 1)
+        assert.deepEqual(await adapter.runReplicated(script, [key], noAnnouncement, 1, 5000), [1, 1], `${library.label}, flushed: ${String(flush)}`)
+        assert.equal(await replicaAdmin.exists(key), 0, 'the replica has the delete when WAIT answers')
+      }
+    }
+    // Asking for more replicas than there are: WAIT gives up after its timeout with what it has.
+    const adapter = adaptRedis(await nodeRedis(2).create().then((client) => { t.after(() => closeNodeRedis(client)); return client }))!
+    const startedAt = performance.now()
+    assert.deepEqual(await adapter.runReplicated(script, ['replicated:none'], noAnnouncement, 2, 200), [1, 1])
+    assert.ok(performance.now() - startedAt >= 150, 'WAIT waited for the second replica')
+  })
+
+  test('on a Cluster, on the master of the key, which alone has a replica', options, async (t) => {
+    // A replica joins the master that serves the first key; WAIT sent anywhere else would count 0.
+    const key = 'replicated:{cluster}'
+    const slot = Number(await clusterInspect.cluster('KEYSLOT', key))
+    const ranges = await clusterInspect.cluster('SLOTS') as unknown as Array<[number, number, [string, number, string]]>
+    const [, , [, masterPort, masterId]] = ranges.find(([from, to]) => slot >= from && slot <= to)!
+    const busPort = await freePort()
+    const replica = await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--cluster-port', String(busPort)])
+    t.after(() => replica.destroy())
+    const replicaAdmin = replica.client()
+    t.after(() => replicaAdmin.disconnect())
+    await cluster.nodeClient(masterPort).config('SET', 'repl-diskless-sync-delay', '0')
+    await replicaAdmin.cluster('MEET', HOST, masterPort, String(await busPortOf(masterPort)))
+    // Refused until the replica has heard of the master through the cluster bus.
+    await until('the replica is told to replicate the master', async () =>
+      await replicaAdmin.cluster('REPLICATE', masterId).then(() => true, () => false))
+    await until('the replica is in sync', async () => (await replicaAdmin.info('replication')).includes('master_link_status:up'))
+
+    for (const library of LIBRARIES.filter((one) => one.onCluster)) {
+      const client = await library.create()
+      t.after(() => library.close(client))
+      const adapter = adaptRedis(client)!
+      for (const flush of [false, true]) {
+        if (flush) for (const port of cluster.ports) await cluster.nodeClient(port).script('FLUSH')
+        await clusterInspect.set(key, 'x')
+        assert.deepEqual(await adapter.runReplicated(script, [key], noAnnouncement, 1, 5000), [1, 1], `${library.label}, flushed: ${String(flush)}`)
+        assert.equal(await clusterInspect.exists(key), 0)
+      }
+      // Another master has no replica: WAIT there answers 0 after its timeout.
+      const elsewhere = await keyOnAnotherMaster(masterPort)
+      await clusterInspect.set(elsewhere, 'x')
+      assert.deepEqual(await adapter.runReplicated(script, [elsewhere], noAnnouncement, 1, 100), [1, 0], library.label)
+      // One master of three has a replica: not every master is known to have one.
+      await until('the topology is read', () => adapter.knownReplicas() === 0)
+    }
+  })
+
+  /** The cluster bus port of a master, from its own CLUSTER NODES line ("ip:port@busport ... myself"). */
+  async function busPortOf (port: number): Promise<number> {
+    const nodes = String(await cluster.nodeClient(port).cluster('NODES'))
+    const mine = nodes.split('\n').find((line) => line.includes('myself'))!
+    return Number(/@(\d+)/.exec(mine)![1])
+  }
+
+  async function keyOnAnotherMaster (port: number): Promise<string> {
+    const ranges = await clusterInspect.cluster('SLOTS') as unknown as Array<[number, number, [string, number]]>
+    for (let i = 0; ; i++) {
+      const key = `replicated:other-${i}`
+      const slot = Number(await clusterInspect.cluster('KEYSLOT', key))
+      if (ranges.find(([from, to]) => slot >= from && slot <= to)![2][1] !== port) return key
+    }
+  }
+})
