@@ -49,13 +49,29 @@ after(async () => {
 
 type Client = ContractRedis & Record<string, any>
 
+interface ClientSettings {
+  keyPrefix?: string
+  username?: string
+  password?: string
+}
+
+/** ioredis-style Cluster options: the prefix on the Cluster, the credentials for every node. */
+function ioredisClusterSettings ({ keyPrefix, ...login }: ClientSettings = {}): Record<string, unknown> {
+  return { ...(keyPrefix === undefined ? {} : { keyPrefix }), redisOptions: { maxRetriesPerRequest: 1, ...login } }
+}
+
+/** node-redis createCluster options: the prefix on the Cluster, the credentials for every node. */
+function nodeRedisClusterSettings ({ keyPrefix, ...login }: ClientSettings = {}): Record<string, unknown> {
+  return { ...(keyPrefix === undefined ? {} : { keyPrefix }), defaults: login }
+}
+
 interface Library {
   label: string
   onCluster: boolean
   /** Whether the API-key and credential contracts run here (ioredis has them in files of its own). */
   contracts: boolean
-  /** A fresh client, ready to use, as a user would pass it; `keyPrefix` is the library's own option. */
-  create (settings?: { keyPrefix?: string }): Promise<Client>
+  /** A fresh client, ready to use, as a user would pass it, with the library's own options for these settings. */
+  create (settings?: ClientSettings): Promise<Client>
   /** Closes a client the test made. */
   close (client: Client): Promise<void>
 }
@@ -83,7 +99,7 @@ const ioredisCluster: Library = {
   label: 'ioredis Cluster',
   onCluster: true,
   contracts: false,
-  create: async (settings) => silenced(new Cluster(clusterNodes(), { redisOptions: { maxRetriesPerRequest: 1 }, ...settings })),
+  create: async (settings) => silenced(new Cluster(clusterNodes(), ioredisClusterSettings(settings))),
   close: quit
 }
 
@@ -99,7 +115,7 @@ const iovalkeyCluster: Library = {
   label: 'iovalkey Cluster',
   onCluster: true,
   contracts: true,
-  create: async (settings) => silenced(new ValkeyCluster(clusterNodes(), { redisOptions: { maxRetriesPerRequest: 1 }, ...settings })),
+  create: async (settings) => silenced(new ValkeyCluster(clusterNodes(), ioredisClusterSettings(settings))),
   close: quit
 }
 
@@ -123,7 +139,7 @@ const nodeRedisCluster: Library = {
   label: 'node-redis createCluster',
   onCluster: true,
   contracts: true,
-  create: async (settings) => await silenced(createCluster({ rootNodes: clusterNodes().map((socket) => ({ socket })), ...settings })).connect() as Client,
+  create: async (settings) => await silenced(createCluster({ rootNodes: clusterNodes().map((socket) => ({ socket })), ...nodeRedisClusterSettings(settings) })).connect() as Client,
   close: closeNodeRedis
 }
 
@@ -165,8 +181,8 @@ interface LibraryApp {
 
 /** A ready app on a fresh client of `library`; the app is closed after the test, then its client. */
 async function libraryApp (t: TestContext, library: Library, backend: BackendName, keyPrefix: string,
-  clientPrefix?: string): Promise<LibraryApp> {
-  const client = await library.create(clientPrefix === undefined ? {} : { keyPrefix: clientPrefix })
+  settings: ClientSettings = {}, credentialsPrefix?: string): Promise<LibraryApp> {
+  const client = await library.create(settings)
   const source = new KeySource()
   const log = new CapturedLog()
   const app = Fastify({ logger: { level: 'info', stream: log.stream } })
@@ -179,7 +195,8 @@ async function libraryApp (t: TestContext, library: Library, backend: BackendNam
     strict: true,
     redis: client,
     redisTimeoutMs: 2000,
-    apiKeys: { keyPrefix, lookup: source.lookup }
+    apiKeys: { keyPrefix, lookup: source.lookup },
+    ...(credentialsPrefix === undefined ? {} : { credentials: { keyPrefix: credentialsPrefix } })
   })
   app.get('/', async (request) => request.apiKey)
   await app.ready()
@@ -327,8 +344,8 @@ function libraryTests (library: Library): void {
     test('the client\'s own keyPrefix comes first in every key, as in its own commands', options, async (t) => {
       const clientPrefix = `${newPrefix('tenant')}`
       const keyPrefix = newPrefix('prefixed')
-      const a = await libraryApp(t, library, 'tiered', keyPrefix, clientPrefix)
-      const b = await libraryApp(t, library, 'tiered', keyPrefix, clientPrefix)
+      const a = await libraryApp(t, library, 'tiered', keyPrefix, { keyPrefix: clientPrefix })
+      const b = await libraryApp(t, library, 'tiered', keyPrefix, { keyPrefix: clientPrefix })
       const stored = (key: string): string => clientPrefix + key
 
       const set = hashApiKey(newKey())
@@ -543,4 +560,54 @@ describe('revocations acknowledged by a replica (WAIT on the connection that ran
       if (ranges.find(([from, to]) => slot >= from && slot <= to)![2][1] !== port) return key
     }
   }
+})
+
+describe('a password-protected ACL user granted only the plugin\'s keys and channels', () => {
+  const user = 'fastify-auth-cache-user'
+  const password = 'acl-secret'
+  const login = { username: user, password }
+
+  test('works on every library, its credentials on every connection the plugin makes itself', options, async (t) => {
+    const admins: InspectRedis[] = [single.admin, ...cluster.ports.map((port) => cluster.nodeClient(port))]
+    // CONTRACT section 4a: the plugin's prefixes and channels, ordinary commands, +info for ioredis' ready check.
+    for (const admin of admins) {
+      await admin.call('ACL', 'SETUSER', user, 'reset', 'on', `>${password}`, '~acl-apikey:*', '~acl-credentials:*',
+        '&fastify-auth-cache:*', '+@all', '-@dangerous', '+info')
+      // A connection that does not log in as the user is refused (connections open now stay logged in).
+      await admin.config('SET', 'requirepass', 'not-the-users')
+    }
+    t.after(async () => {
+      for (const admin of admins) {
+        await admin.config('SET', 'requirepass', '')
+        await admin.call('ACL', 'DELUSER', user)
+      }
+    })
+    const singleInspect = single.server.client(login)
+    const clusterInspect = cluster.cluster({ redisOptions: login })
+    t.after(() => {
+      singleInspect.disconnect()
+      clusterInspect.disconnect()
+    })
+
+    for (const library of LIBRARIES) {
+      const inspect = library.onCluster ? clusterInspect : singleInspect
+      const revoking = await libraryApp(t, library, 'tiered', 'acl-apikey:', login, 'acl-credentials:')
+      const serving = await libraryApp(t, library, 'tiered', 'acl-apikey:', login, 'acl-credentials:')
+      // Only a subscriber that logged in and may hear the channel lets the app use its memory.
+      await until(`${library.label}: the serving app uses its process memory`, () => servesFromMemory(serving.app, inspect, 'acl-apikey:'))
+      const key = newKey()
+      serving.source.answer(hashApiKey(key), record('acl'))
+      await cached(serving, key)
+      serving.source.answer(hashApiKey(key), record('acl', { active: false }))
+      await revoking.app.apiKeyCache.delete(hashApiKey(key))
+      await msUntilRefused(serving.app, key, REVOCATION_BOUND_MS)
+      await revoking.app.apiKeyCache.clear()
+
+      const scope = `acl-${library.label.replace(/\W+/g, '-')}`
+      await Promise.all([revoking, serving, revoking, serving].map(({ app }) =>
+        app.credentialStore.scope(scope).update((current) => ((current as number | undefined) ?? 0) + 1)))
+      assert.equal(await inspect.get(`acl-credentials:${scope}`), '4', library.label)
+      assert.equal(serving.app.apiKeyCache.stats().backendErrors + revoking.app.apiKeyCache.stats().backendErrors, 0, library.label)
+    }
+  })
 })
