@@ -83,8 +83,19 @@ function silenced<T extends { on (event: string, listener: () => void): unknown 
 
 const clusterNodes = (): Array<{ host: string, port: number }> => cluster.ports.map((port) => ({ host: HOST, port }))
 
+/** Resolves when `promise` settles or after `ms`, whichever comes first. */
+async function atMost (promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([promise.catch(() => {}), new Promise((resolve) => { timer = setTimeout(resolve, ms) })])
+  clearTimeout(timer)
+}
+
+// A clean close waits for pending commands, which a client that cannot reconnect never answers.
+const CLOSE_WAIT_MS = 2000
+
 async function quit (client: Client): Promise<void> {
-  await client.quit().catch(() => client.disconnect())
+  await atMost(client.quit(), CLOSE_WAIT_MS)
+  client.disconnect()
 }
 
 const ioredis: Library = {
@@ -120,7 +131,7 @@ const iovalkeyCluster: Library = {
 }
 
 async function closeNodeRedis (client: Client): Promise<void> {
-  await client.close().catch(() => {})
+  await atMost(client.close(), CLOSE_WAIT_MS)
   client.destroy()
 }
 
@@ -340,6 +351,35 @@ function libraryTests (library: Library): void {
       await revoking.app.apiKeyCache.delete(hashApiKey(key))
       await until('the serving app refuses the revoked key', async () => (await call(serving.app, key)).status === 401, REVOCATION_BOUND_MS)
     })
+
+    if (!library.onCluster) {
+      test('after a Redis restart both apps come back to process memory, flushed, and hear revocations again', options, async (t) => {
+        const keyPrefix = newPrefix('restart')
+        const revoking = await libraryApp(t, library, 'tiered', keyPrefix)
+        const serving = await libraryApp(t, library, 'tiered', keyPrefix)
+        await until('the serving app uses its process memory', () => servesFromMemory(serving.app, inspect(), keyPrefix))
+        const stale = newKey()
+        serving.source.answer(hashApiKey(stale), record('stale'))
+        await cached(serving, stale)
+        serving.source.answer(hashApiKey(stale), record('stale', { active: false }))
+
+        // Down for a while (connections refused), then back empty on the same port.
+        await single.server.stop()
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        await single.server.start()
+        const restartedAt = performance.now()
+        await until('the serving app uses its process memory again', () => servesFromMemory(serving.app, inspect(), keyPrefix))
+        t.diagnostic(`process memory in use again ${(performance.now() - restartedAt).toFixed(0)} ms after the restart`)
+        assert.equal((await call(serving.app, stale)).status, 401, 'nothing cached before the outage survived it')
+
+        const key = newKey()
+        serving.source.answer(hashApiKey(key), record('after'))
+        await cached(serving, key)
+        serving.source.answer(hashApiKey(key), record('after', { active: false }))
+        await revoking.app.apiKeyCache.delete(hashApiKey(key))
+        await msUntilRefused(serving.app, key, REVOCATION_BOUND_MS)
+      })
+    }
 
     test('the client\'s own keyPrefix comes first in every key, as in its own commands', options, async (t) => {
       const clientPrefix = `${newPrefix('tenant')}`
@@ -608,6 +648,11 @@ describe('a password-protected ACL user granted only the plugin\'s keys and chan
         app.credentialStore.scope(scope).update((current) => ((current as number | undefined) ?? 0) + 1)))
       assert.equal(await inspect.get(`acl-credentials:${scope}`), '4', library.label)
       assert.equal(serving.app.apiKeyCache.stats().backendErrors + revoking.app.apiKeyCache.stats().backendErrors, 0, library.label)
+      // Closed now, before the user is deleted (which drops its connections) at the end.
+      for (const { app, client } of [revoking, serving]) {
+        await app.close()
+        await library.close(client)
+      }
     }
   })
 })
