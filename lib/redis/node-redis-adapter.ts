@@ -205,7 +205,8 @@ function clientSubscriber (client: NodeRedisClientLike, name: string, events: Re
     end: lost,
     error: () => { if (!connection.isReady) lost() }
   })
-  // node-redis emits 'error' for every failed attempt; unheard, it would crash the process.
+  // node-redis emits 'error' for every failed attempt; unheard (as after close, when the watchers
+  // above are gone), it would crash the process.
   connection.on('error', () => {})
   // Keeps retrying with the strategy above until it connects or is closed.
   connection.connect().catch(() => {})
@@ -237,8 +238,8 @@ function clusterSubscriber (cluster: NodeRedisClusterLike, name: string, events:
     'node-disconnect': lost,
     'node-error': () => { if (!pubSubReady()) lost() }
   })
+  // Kept after close, when the watchers above are gone: an unheard 'error' would crash the process.
   connection.on('error', () => {})
-  connection.on('node-error', () => {})
 
   // A cluster's connect() gives up when no node answers; ours tries again until closed.
   let closed = false
