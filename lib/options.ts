@@ -134,7 +134,8 @@ export interface FastifyAuthCacheOptions {
    */
   backend?: BackendName
   /**
-   * An `@fastify/redis` namespace, or an ioredis `Redis`/`Cluster` client. Never closed by the plugin.
+   * An `@fastify/redis` namespace, or a client: an ioredis or iovalkey `Redis`/`Cluster`, or a node-redis
+   * `createClient`/`createCluster` client (connected by the user). Never closed by the plugin.
    * @default fastify.redis
    */
   redis?: string | object

@@ -36,7 +36,7 @@ function noLookup (): never {
 function findRedis (fastify: FastifyInstance, wanted: ResolvedOptions['redis']): RedisAdapter | undefined {
   if (typeof wanted === 'object') {
     const adapter = adaptRedis(wanted)
-    if (adapter === undefined) throw new InvalidOptionError('redis', 'is not a supported Redis client (ioredis or iovalkey Redis or Cluster)')
+    if (adapter === undefined) throw new InvalidOptionError('redis', 'is not a supported Redis client (an ioredis or iovalkey Redis or Cluster, or a node-redis createClient or createCluster client)')
     return adapter
   }
   const decorated = (fastify as unknown as { redis?: Record<string, unknown> }).redis

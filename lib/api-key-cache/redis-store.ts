@@ -205,7 +205,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   async delete (keyHash: string): Promise<void> {
     this.#revocations.deleted(keyHash)
     this.#invalidated(keyHash)
-    if (!(await this.#guard.offPath(() => this.#redis.hasReplicas()))) {
+    if (!(await this.#guard.offPath(() => this.#redis.hasReplica(this.#prefix + keyHash)))) {
       await this.#deleteOnce(keyHash)
       return
     }
