@@ -30,10 +30,11 @@ export function keySlot (storedKey: string): number {
 /** For each slot, whether its master has a replica that has not failed. */
 export function replicatedSlots (clusterNodes: string): (slot: number) => boolean {
   const nodes = clusterNodes.split('\n').map((line) => line.trim().split(' ')).filter((fields) => fields.length >= 8)
-  const healthy = (flags: string): boolean => !flags.includes('fail') && !flags.includes('noaddr')
+  // Flags are whole words ('nofailover' is not 'fail').
   const replicated = new Set<string>()
-  for (const [, , flags, master] of nodes) {
-    if (flags.split(',').includes('slave') && healthy(flags)) replicated.add(master)
+  for (const [, , flagList, master] of nodes) {
+    const flags = flagList.split(',')
+    if (flags.includes('slave') && !flags.includes('fail') && !flags.includes('noaddr')) replicated.add(master)
   }
   const covered = new Uint8Array(SLOTS)
   for (const [id, , flags, , , , , , ...slots] of nodes) {
