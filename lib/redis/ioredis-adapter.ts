@@ -1,4 +1,5 @@
 import { replicaCheck } from './cluster-nodes'
+import { readyAfterLoss } from './reconnection'
 import type { RedisAdapter, RedisArg, RedisScanNode, RedisScript, RedisSubscriber, RedisSubscriberEvents } from './client'
 
 /**
@@ -209,16 +210,9 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
     },
 
     onReconnect (listener) {
-      // 'ready' also fires for the first connection, which has lost nothing. A Cluster says
-      // 'close' and 'ready' only when it lost every node at once; a node it lost alone (a master
-      // restarted, say) leaves with '-node' and comes back with '+node'.
-      let lost = false
-      const onLost = (): void => { lost = true }
-      const onReady = (): void => {
-        if (!lost) return
-        lost = false
-        listener()
-      }
+      // A Cluster says 'close' and 'ready' only when it lost every node at once; a node it lost
+      // alone (a master restarted, say) leaves with '-node' and comes back with '+node'.
+      const { lost: onLost, ready: onReady } = readyAfterLoss(listener)
       const events: Array<[string, () => void]> = [['close', onLost], ['ready', onReady]]
       if (cluster) events.push(['-node', onLost], ['+node', onReady])
       for (const [event, handler] of events) client.on(event, handler)

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { replicaCheck } from './cluster-nodes'
+import { readyAfterLoss } from './reconnection'
 import type { RedisAdapter, RedisArg, RedisScanNode, RedisScript, RedisSubscriber, RedisSubscriberEvents } from './client'
 
 /**
@@ -290,14 +291,7 @@ async function closeBounded (connection: { close (): Promise<void>, destroy (): 
 
 /** Calls `listener` when the client is ready again after a loss; cluster nodes count one by one. */
 function reconnections (source: EventSource, cluster: boolean, listener: () => void): () => void {
-  // 'ready' also fires for the first connection (and a cluster's first node connections), which lost nothing.
-  let lost = false
-  const onLost = (): void => { lost = true }
-  const onReady = (): void => {
-    if (!lost) return
-    lost = false
-    listener()
-  }
+  const { lost: onLost, ready: onReady } = readyAfterLoss(listener)
   return watch(source, cluster
     ? { 'node-reconnecting': onLost, 'node-disconnect': onLost, disconnect: onLost, 'node-ready': onReady }
     : { reconnecting: onLost, end: onLost, ready: onReady })
