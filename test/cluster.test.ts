@@ -6,9 +6,10 @@ import fastifyRedis from '@fastify/redis'
 import type { Cluster } from 'ioredis'
 import { fastifyAuthCache, hashApiKey, type BackendName, type FastifyAuthCacheOptions } from '../lib'
 import {
-  apiKeyCacheContract, call, KeySource, newKey, newPrefix, record, until
+  apiKeyCacheContract, call, KeySource, newKey, newPrefix, record
 } from './helpers/api-key-cache-contract'
 import { startRedisCluster, type RedisCluster } from './helpers/redis-cluster'
+import { until } from './helpers/wait'
 
 let redis: RedisCluster
 let inspect: Cluster

@@ -7,7 +7,7 @@ import { startOAuthServer, type OAuthServer, type OAuthStats } from './fixtures/
 import type { TokenSet } from './fixtures/oauth-worker'
 import { startWorkers, type IpcWorker } from './helpers/ipc-worker'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
 const WORKER = join(__dirname, 'fixtures', 'oauth-worker.ts')
 // The server answers expires_in as whole seconds rounded down: 2.5 s makes it 2, never 1.
@@ -141,7 +141,7 @@ describe('getFresh with a real OAuth 2 server that rotates refresh tokens, 2 pro
     const loops = workers.map((worker) => worker.request('loop', { key, count: CALLERS_PER_PROCESS, marginMs: MARGIN_MS, refreshAheadMs }))
     const failed = Promise.all(loops).then(() => { throw new Error('the loops ended before they were stopped') })
     failed.catch(() => {})
-    await Promise.race([failed, waitUntil('the server made three refreshes', 60_000, async () => counted(before).refreshes >= 3)])
+    await Promise.race([failed, until('the server made three refreshes', async () => counted(before).refreshes >= 3, 60_000)])
     const thirdAfterMs = Date.now() - startedAt
     for (const worker of workers) worker.notify('stop')
     const replies = await Promise.all(loops)

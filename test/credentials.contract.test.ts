@@ -7,25 +7,10 @@ import fastifyAuthCache, {
   type SerializerContext
 } from '../lib'
 import { startRedis, type RedisServer } from './helpers/redis-server'
+import { deferred, until } from './helpers/wait'
 
 type Backend = 'memory' | 'redis'
 type Store = CredentialStore<unknown>
-
-interface Deferred { promise: Promise<void>, resolve: () => void }
-
-function deferred (): Deferred {
-  let resolve!: () => void
-  const promise = new Promise<void>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
-
-async function waitUntil (condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs
-  while (!(await condition())) {
-    if (performance.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await sleep(20)
-  }
-}
 
 /**
  * JSON by default; in 'raw' mode it passes Buffers through untouched, so a test can write and
@@ -215,7 +200,7 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
           const pttl = await client.pttl(fullKey)
           assert.ok(pttl > 0 && pttl <= ttlMs, `PTTL ${pttl} should be within (0, ${ttlMs}]`)
         }
-        await waitUntil(async () => (await store.load()) === undefined, 10_000, 'the credential to expire')
+        await until('the credential expired', async () => (await store.load()) === undefined, 10_000)
         const lived = performance.now() - writtenAfter
         assert.ok(lived >= ttlMs - 5, `expired after ${lived} ms, before its TTL of ${ttlMs} ms`)
       }

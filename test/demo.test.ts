@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import { isWellFormedApiKey } from '../lib'
 import { KEY_PREFIX } from '../examples/app'
 import { usePrivateRedis } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
 const ROOT = join(__dirname, '..')
 // A busy 2-core machine starts tsx, the workers and Redis slowly; nothing here waits when things go well.
@@ -60,10 +60,10 @@ function spawnDemo (t: TestContext, env: Record<string, string>): { child: Child
 async function startDemo (t: TestContext, env: Record<string, string>): Promise<Demo> {
   const { child, output } = spawnDemo(t, env)
   const printed = /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/
-  await waitUntil('the demo printing its curl lines', START_MS, async () => {
+  await until('the demo printing its curl lines', async () => {
     if (child.exitCode !== null) assert.fail(`the demo exited with ${child.exitCode}:\n${output()}`)
     return printed.test(output())
-  })
+  }, START_MS)
   const [, key, base, keyId] = printed.exec(output())!
   const listed = /^Workers: (.*)\.$/m.exec(output())
   assert.ok(listed !== null, `the banner lists the workers:\n${output()}`)
@@ -115,7 +115,7 @@ describe('npm run demo (examples/demo.ts)', () => {
 
     // Every worker serves the key (and so holds it in its memory) before it is revoked.
     const served = new Set<number>()
-    await waitUntil('every worker answering /whoami with the key', STEP_MS, async () => {
+    await until('every worker answering /whoami with the key', async () => {
       const answer = await call('GET', `${base}/whoami`, key)
       assert.equal(answer.status, 200)
       assert.equal(answer.body.key.id, keyId)
@@ -124,7 +124,7 @@ describe('npm run demo (examples/demo.ts)', () => {
       assert.equal(answer.body.key.key, undefined, 'nothing but id and name of the record')
       served.add(answer.worker)
       return served.size === demo.workers.size
-    })
+    }, STEP_MS)
     assert.ok(served.size > 1, 'more than one worker answered')
 
     const created = await call('POST', `${base}/keys`, key, { name: 'my-client' })
@@ -142,7 +142,7 @@ describe('npm run demo (examples/demo.ts)', () => {
     // while Redis is healthy) before another process stops accepting it; this busy machine gets
     // the outage bound, 2 s. After a worker's first 401 it never accepts the key again.
     const refused = new Set<number>()
-    await waitUntil('every worker refusing the revoked key', STEP_MS, async () => {
+    await until('every worker refusing the revoked key', async () => {
       const answer = await call('GET', `${base}/whoami`, key)
       if (answer.status === 200) {
         assert.ok(!refused.has(answer.worker), `worker ${answer.worker} accepted the revoked key after refusing it`)
@@ -153,11 +153,11 @@ describe('npm run demo (examples/demo.ts)', () => {
         refused.add(answer.worker)
       }
       return refused.size === demo.workers.size
-    })
+    }, STEP_MS)
     assert.equal((await call('GET', `${base}/whoami`, created.body.key)).status, 200, 'other keys still work')
 
     // Each worker says when it stopped accepting the key, and the primary sums up.
-    await waitUntil('the primary\'s summary', STEP_MS, async () => demo.output().includes(`[primary] every worker refuses ${keyId} now: worker ${revoker} revoked it`))
+    await until('the primary\'s summary', async () => demo.output().includes(`[primary] every worker refuses ${keyId} now: worker ${revoker} revoked it`), STEP_MS)
     for (const [id, pid] of demo.workers) {
       const said = new RegExp(id === revoker
         ? `^\\[worker ${id} pid ${pid}\\] revoked ${keyId}: .* returned after [\\d.]+ ms$`
@@ -187,7 +187,7 @@ describe('npm run demo (examples/demo.ts)', () => {
     assert.equal((await call('GET', `${demo.base}/whoami`, demo.key)).status, 200)
 
     await stopDemo(demo)
-    await waitUntil('the private redis-server exiting', STEP_MS, async () => !alive(pid))
+    await until('the private redis-server exiting', async () => !alive(pid), STEP_MS)
     assert.ok(!existsSync(dir), 'its directory is removed')
   })
 

@@ -3,27 +3,18 @@ import { once } from 'node:events'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type Redis from 'ioredis'
 import { generateApiKey, hashApiKey, isWellFormedApiKey, type BackendName } from '../lib'
 import { buildExampleApp, KEY_PREFIX, type ExampleApp } from '../examples/app'
 import { KeyTable } from '../examples/key-table'
 import { usePrivateRedis } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 const ROOT = join(__dirname, '..')
 
 function whoami (app: FastifyInstance, key?: string): Promise<LightMyRequestResponse> {
   return app.inject({ method: 'GET', url: '/whoami', headers: key === undefined ? {} : { 'x-api-key': key } })
-}
-
-async function eventually (what: string, check: () => Promise<boolean>, deadlineMs = 5_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs
-  while (Date.now() < deadline) {
-    if (await check()) return
-    await sleep(10)
-  }
-  assert.fail(`${what} did not happen within ${deadlineMs} ms`)
 }
 
 interface Inspection {
@@ -175,7 +166,7 @@ describe('example app', () => {
 
     // B must answer from its own memory, without asking Redis, or the test would prove nothing
     // about invalidation: wait until a request of B runs no Redis script.
-    await eventually('B serving the key from process memory', async () => {
+    await until('B serves the key from process memory', async () => {
       const before = await evalshaCalls(redis.admin)
       assert.equal((await whoami(b.app, key)).statusCode, 200)
       return (await evalshaCalls(redis.admin)) === before
@@ -184,7 +175,7 @@ describe('example app', () => {
     const revoked = await a.app.inject({ method: 'DELETE', url: `/keys/${id}`, headers: { 'x-api-key': a.demoKey.key } })
     assert.equal(revoked.statusCode, 204)
     // The contract's bound for a healthy Redis is 10 ms at p99; a loaded test machine gets 2 s.
-    await eventually('B refusing the revoked key', async () => (await whoami(b.app, key)).statusCode === 401, 2_000)
+    await until('B refuses the revoked key', async () => (await whoami(b.app, key)).statusCode === 401, 2_000)
     assert.ok(b.app.apiKeyCache.stats().invalidations >= 1)
     assert.equal((await whoami(b.app, b.demoKey.key)).statusCode, 200)
   })
@@ -211,7 +202,7 @@ describe('example app', () => {
         }
       })
       const printed = /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/
-      await eventually('the server printing its curl lines', async () => {
+      await until('the server printed its curl lines', async () => {
         if (child.exitCode !== null) assert.fail(`server exited with ${child.exitCode}:\n${output}`)
         return printed.test(output)
       }, 30_000)

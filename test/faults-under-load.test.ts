@@ -10,6 +10,7 @@ import type Redis from 'ioredis'
 import { hashApiKey } from '../lib'
 import type { FromServer, ServerStats, ToServer } from './fixtures/load-protocol'
 import { startRedis, type RedisServer } from './helpers/redis-server'
+import { sleepUntil, until } from './helpers/wait'
 
 /*
  * Steady HTTP traffic through two real servers, one per Redis backend, sharing one private Redis
@@ -268,9 +269,7 @@ test('faults under load: Redis stalled, killed and restarted empty', { timeout: 
    */
   async function untilRecovered (after: string, since: number, refilled: boolean): Promise<void> {
     await Promise.all(servers.map(async (server) => {
-      const deadline = performance.now() + RECOVERY_DEADLINE_MS
-      for (;;) {
-        assert.ok(performance.now() < deadline, `${server.backend} did not recover within ${RECOVERY_DEADLINE_MS} ms after ${after}`)
+      await until(`${server.backend} recovered after ${after}`, async () => {
         const before = await server.stats()
         await sleep(500)
         const now = await server.stats()
@@ -281,11 +280,9 @@ test('faults under load: Redis stalled, killed and restarted empty', { timeout: 
           const stored = await admin.exists(...activeHashes.slice(0, ACTIVE_KEYS).map((h) => server.keyPrefix + h)).catch(() => 0)
           recovered = stored === ACTIVE_KEYS
         }
-        if (recovered) {
-          recoveries.push({ backend: server.backend, after, ms: performance.now() - since })
-          return
-        }
-      }
+        return recovered
+      }, { deadlineMs: RECOVERY_DEADLINE_MS, pauseMs: 0 })
+      recoveries.push({ backend: server.backend, after, ms: performance.now() - since })
     }))
   }
 
@@ -301,7 +298,7 @@ test('faults under load: Redis stalled, killed and restarted empty', { timeout: 
     await admin.call('CLIENT', 'PAUSE', String(STALL_MS), 'ALL')
     await sleep(REVOKE_AFTER_MS)
     await revokeEverywhere(revocableIndex(0))
-    await sleep(Math.max(0, stallAt + STALL_MS - performance.now()))
+    await sleepUntil(stallAt + STALL_MS)
     const stallEnd = performance.now()
     windows.push({ name: 'stall', from: stallAt, to: stallEnd })
     phase = 'stall-recovery'
@@ -314,7 +311,7 @@ test('faults under load: Redis stalled, killed and restarted empty', { timeout: 
     await redis.stop()
     await sleep(REVOKE_AFTER_MS)
     await revokeEverywhere(revocableIndex(1))
-    await sleep(Math.max(0, killAt + KILL_MS - performance.now()))
+    await sleepUntil(killAt + KILL_MS)
     await redis.start()
     const backAt = performance.now()
     windows.push({ name: 'kill', from: killAt, to: backAt })

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { test, type TestContext } from 'node:test'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type Redis from 'ioredis'
 import fastifyAuthCache, { generateApiKey, type ApiKeyRecord } from '../lib'
 import { startRedis, type RedisServer } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 type Backend = 'memory' | 'redis' | 'tiered'
 
@@ -74,14 +74,6 @@ interface Observed {
   lookups: string[]
 }
 
-async function waitFor (what: string, condition: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await condition())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
-}
-
 /** Every key and value on the server, in one text per key. */
 async function dumpRedis (redis: Redis): Promise<string[]> {
   const out: string[] = []
@@ -139,7 +131,7 @@ async function watchRedis (t: TestContext, server: RedisServer): Promise<RedisWa
     async sync () {
       const marker = `leak-test-sync-${++round}`
       await base.publish('leak-test-sync', marker)
-      await waitFor('MONITOR and pub/sub to catch up', () =>
+      await until('MONITOR and pub/sub caught up', () =>
         commands.some((c) => c.includes(marker)) && messages.some((m) => m.includes(marker)))
     }
   }
@@ -293,7 +285,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
 
     // Whatever the client had queued while Redis was away reaches the restarted server.
     await server.restart()
-    await waitFor('the plugin\'s client to reconnect', () => appClient!.status === 'ready')
+    await until('the plugin\'s client reconnected', () => appClient!.status === 'ready')
     await send({ name: 'valid after Redis is back', sent: downValid, status: 200 })
     for (const line of await dumpRedis(inspector!)) leaks.check('a Redis key or value after the restart', line)
   }

@@ -7,6 +7,7 @@ import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCa
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 const lookup = async (): Promise<ApiKeyRecord | null> => null
 
@@ -362,15 +363,11 @@ describe('Redis clients', () => {
     const name = 'fastify-auth-cache:invalidations'
     const subscribers = async (): Promise<number> =>
       (await db(0).client('LIST') as string).split('\n').filter((line) => line.includes(` name=${name} `)).length
-    const waitFor = async (wanted: number): Promise<number> => {
-      const deadline = Date.now() + 5000
-      let count = await subscribers()
-      while (count !== wanted && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 25))
-        count = await subscribers()
-      }
-      return count
-    }
+    /** The count, once it is `wanted`. */
+    const waitFor = (wanted: number): Promise<number> => until(`${wanted} subscriber connections are open`, async () => {
+      const count = await subscribers()
+      return count === wanted && count
+    }, { deadlineMs: 5000, pauseMs: 25 })
     assert.equal(await waitFor(0), 0, 'no subscriber left over from earlier tests')
 
     const client = server.client()

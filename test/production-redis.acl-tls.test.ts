@@ -20,11 +20,12 @@ import type { RedisOptions } from 'ioredis'
 import { requestPathCommandCalls } from './helpers/command-stats'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import {
-  aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, waitFor, type AclUser
+  aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, type AclUser
 } from './helpers/redis-topologies'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, request, SHARED_BACKENDS, TruthTable, type ScenarioApp
+  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, now, request, SHARED_BACKENDS, TruthTable, type ScenarioApp
 } from './helpers/production-redis'
+import { sleepUntil, until } from './helpers/wait'
 
 describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-cache:* +@all -@dangerous +info)', () => {
   let server: RedisServer
@@ -150,14 +151,14 @@ async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) 
   source.set(hash, activeRecord('conn'))
   for (const app of [a, b]) assert.equal((await request(app, key)).status, 200)
   // Served from process memory: only possible while the app's own subscriber connection works.
-  await waitFor('B serves the key from process memory', 10_000, async () => {
+  await until('B serves the key from process memory', async () => {
     const hitsBefore = b.app.apiKeyCache.stats().hits
     const before = await requestPathCommandCalls(admin)
     const answer = await request(b, key)
     const after = await requestPathCommandCalls(admin)
     assert.equal(answer.status, 200)
     return after === before && b.app.apiKeyCache.stats().hits === hitsBefore + 1
-  })
+  }, { deadlineMs: 10_000, pauseMs: 50, retryErrors: true })
 
   source.set(hash, null)
   await a.app.apiKeyCache.delete(hash)

@@ -13,9 +13,9 @@ import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ReplicatedCluster, waitReplicated } from './helpers/redis-topologies'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable, untilResolved,
-  type ScenarioApp, type TestKey
+  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable, type ScenarioApp, type TestKey
 } from './helpers/production-redis'
+import { retryUntilResolved } from './helpers/wait'
 
 const KEY_PREFIX = 'apikey:'
 const DOOMED = 10
@@ -90,7 +90,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
 
         // The deletes that rejected are retried now, as a caller would; they count from now on.
         for (const { key } of rejected) {
-          const { resolvedAt } = await untilResolved(() => a.app.apiKeyCache.delete(key.hash), 30_000)
+          const { resolvedAt } = await retryUntilResolved('the retried delete() resolves', () => a.app.apiKeyCache.delete(key.hash))
           ledger.markRevoked(key.key, resolvedAt, FAULT_BOUND_MS, 'retried after the takeover')
           revoked.push(key.key)
         }

@@ -17,9 +17,10 @@ import type Redis from 'ioredis'
 import type { RedisServer } from './helpers/redis-server'
 import { appClient, evictedKeys, startEvictingRedis, startFiller, type EvictionPolicy, type Filler } from './helpers/redis-topologies'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, SHARED_BACKENDS, sleepUntil, TruthTable,
+  activeRecord, AppSet, HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, SHARED_BACKENDS, TruthTable,
   type Answer, type ScenarioApp
 } from './helpers/production-redis'
+import { sleepUntil } from './helpers/wait'
 
 const ROUNDS = 200
 const CONCURRENCY = 8

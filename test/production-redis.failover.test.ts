@@ -17,9 +17,9 @@ import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SentinelTopology, waitReplicated, type FailoverResult } from './helpers/redis-topologies'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, TruthTable, untilResolved,
-  type ScenarioApp, type TestKey
+  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, TruthTable, type ScenarioApp, type TestKey
 } from './helpers/production-redis'
+import { retryUntilResolved } from './helpers/wait'
 
 const VALID_KEYS = 4
 // Warmed before the failover, so that their records are on both servers and can come back.
@@ -85,7 +85,7 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
       if (next === undefined) return false
       source.set(next.hash, null)
       const app = pair[Math.floor(Math.random() * 2)]!
-      const { resolvedAt, rejections: failed } = await untilResolved(() => app.app.apiKeyCache.delete(next.hash), 60_000)
+      const { resolvedAt, rejections: failed } = await retryUntilResolved('delete() resolves', () => app.app.apiKeyCache.delete(next.hash), { deadlineMs: 60_000 })
       rejections += failed.length
       ledger.markRevoked(next.key, resolvedAt, FAULT_BOUND_MS, phase)
       revoked.push(next.key)

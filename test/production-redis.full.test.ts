@@ -11,9 +11,10 @@ import type Redis from 'ioredis'
 import type { RedisServer } from './helpers/redis-server'
 import { appClient, assertWritesRefused, fillUntilRefused, startNoEvictionRedis } from './helpers/redis-topologies'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
+  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
   type ScenarioApp
 } from './helpers/production-redis'
+import { sleepUntil } from './helpers/wait'
 
 const MAXMEMORY = '8mb'
 

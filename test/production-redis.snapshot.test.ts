@@ -12,9 +12,10 @@ import type Redis from 'ioredis'
 import type { RedisServer } from './helpers/redis-server'
 import { appClient, restartFromSnapshot, saveSnapshot } from './helpers/redis-topologies'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
+  activeRecord, AppSet, FAULT_BOUND_MS, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
   type ScenarioApp, type TestKey
 } from './helpers/production-redis'
+import { sleepUntil } from './helpers/wait'
 import { startRedis } from './helpers/redis-server'
 
 const REVOKED = 6

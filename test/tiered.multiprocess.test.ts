@@ -6,7 +6,7 @@ import { generateApiKey, type ApiKeyRecord } from '../lib'
 import { requestPathCommandCalls } from './helpers/command-stats'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { setRecordEverywhere, TieredWorker, type Revocation, type WatchOutcome, type WorkerStats } from './helpers/tiered-worker-process'
-import { waitUntil } from './helpers/wait-until'
+import { retryUntilResolved, until } from './helpers/wait'
 
 // CONTRACT section 4: the bounds under test.
 const HEALTHY_P99_MS = 10
@@ -70,12 +70,12 @@ describe('tiered backend across processes sharing one Redis', () => {
   /** Waits for an invalidation subscriber that belongs to no known worker, and records it as `worker`'s. */
   async function learnSubscriber (worker: TieredWorker): Promise<void> {
     const others = new Set([...subscriberOf].filter(([name]) => name !== worker.name).map(([, id]) => id))
-    await waitUntil(`worker ${worker.name}'s subscriber connects`, 15_000, async () => {
+    await until(`worker ${worker.name}'s subscriber connects`, async () => {
       const fresh = (await clientList()).filter((entry) => entry.name === SUBSCRIBER_NAME && !others.has(entry.id))
       if (fresh.length !== 1) return false
       subscriberOf.set(worker.name, fresh[0]!.id)
       return true
-    })
+    }, 15_000)
   }
 
   /** Closes every connection `worker` has to Redis, as a network blip or a proxy would. */
@@ -94,7 +94,7 @@ describe('tiered backend across processes sharing one Redis', () => {
    * Redis is unreachable sends nothing either, but is a miss.)
    */
   async function warmInL1 (worker: TieredWorker, key: string, deadlineMs = 10_000): Promise<void> {
-    await waitUntil(`worker ${worker.name} serves the key from process memory`, deadlineMs, async () => {
+    await until(`worker ${worker.name} serves the key from process memory`, async () => {
       const first = await worker.request(key)
       assert.equal(first.status, 200, `warm-up request in ${worker.name} answered ${first.status} ${first.code}`)
       const statsBefore = await worker.stats()
@@ -104,7 +104,7 @@ describe('tiered backend across processes sharing one Redis', () => {
       const statsAfter = await worker.stats()
       assert.equal(second.status, 200)
       return after === before && statsAfter.hits === statsBefore.hits + 1
-    })
+    }, deadlineMs)
   }
 
   function assertRefused (outcome: WatchOutcome, what: string): asserts outcome is WatchOutcome & { refused: NonNullable<WatchOutcome['refused']> } {
@@ -116,15 +116,8 @@ describe('tiered backend across processes sharing one Redis', () => {
 
   /** Deletes through `worker`, retrying while its connection to a restarted Redis comes back. */
   async function deleteUntilDone (worker: TieredWorker, hash: string): Promise<Revocation> {
-    const deadline = Date.now() + 15_000
-    for (;;) {
-      try {
-        return await worker.delete(hash)
-      } catch (err) {
-        if (Date.now() > deadline) throw err
-        await sleep(50)
-      }
-    }
+    const { value } = await retryUntilResolved(`worker ${worker.name}'s delete resolves`, () => worker.delete(hash), { deadlineMs: 15_000, pauseMs: 50 })
+    return value
   }
 
   /**
@@ -293,10 +286,10 @@ describe('tiered backend across processes sharing one Redis', () => {
     await b.delete(newKey().hash)
     // A sent 4, C 1, B 1: each process counts what the other two sent.
     const expected = [2, 5, 5]
-    await waitUntil('every invalidation is delivered', 10_000, async () => {
+    await until('every invalidation is delivered', async () => {
       const now = await gained()
       return now.every((count, i) => count >= expected[i]!)
-    })
+    }, 10_000)
     // Redis delivers in order, but a process that counted its own messages would overshoot a
     // moment later: look again after several heartbeats.
     await sleep(500)

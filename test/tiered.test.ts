@@ -6,7 +6,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyAuthCache, { generateApiKey, type ApiKeyLookup, type ApiKeyRecord } from '../lib'
 import { commandCalls, requestPathCommandCalls } from './helpers/command-stats'
 import { usePrivateRedis } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
 const PREFIX = 'apikey:'
 // CONTRACT section 4: bound for a process whose connection to Redis was lost around a revocation.
@@ -50,10 +50,10 @@ describe('tiered backend in one process', () => {
   }
 
   async function warmInL1 (app: FastifyInstance, key: string, deadlineMs = 10_000): Promise<void> {
-    await waitUntil('the key is served from process memory', deadlineMs, async () => {
+    await until('the key is served from process memory', async () => {
       assert.equal(await status(app, key), 200)
       return await servedFromMemory(app, key)
-    })
+    }, deadlineMs)
   }
 
   test('an L1 hit sends nothing to Redis, and heartbeats are PUBLISH only', async (t) => {
@@ -75,8 +75,8 @@ describe('tiered backend in one process', () => {
     const statsBefore = app.apiKeyCache.stats()
     for (let i = 0; i < 100; i++) assert.equal(await status(app, warm.key), 200)
     // Stay idle across several heartbeats (300 ms apart) so that they show in the count.
-    await waitUntil('heartbeats are published', 5000, async () =>
-      ((await commandCalls(redis.admin)).get('publish') ?? 0) >= (before.get('publish') ?? 0) + 3)
+    await until('heartbeats are published', async () =>
+      ((await commandCalls(redis.admin)).get('publish') ?? 0) >= (before.get('publish') ?? 0) + 3, 5000)
     const statsAfter = app.apiKeyCache.stats()
 
     assert.equal(await requestPathCommandCalls(redis.admin), requestPathBefore, '100 hits and the heartbeats sent no GET/EVALSHA/SET')
@@ -106,11 +106,11 @@ describe('tiered backend in one process', () => {
     // The test's client, the app's client and its subscriber; connections of earlier tests must
     // be gone, or their slots would let the subscriber back in.
     const clients = async (): Promise<number> => ((await redis.admin.call('CLIENT', 'LIST')) as string).trim().split('\n').length
-    await waitUntil('only this app is connected', 5000, async () => (await clients()) === 3)
+    await until('only this app is connected', async () => (await clients()) === 3, 5000)
     await redis.admin.config('SET', 'maxclients', '2')
     assert.equal(await redis.admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub'), 1)
 
-    await waitUntil('L1 is bypassed', DISRUPTED_BOUND_MS, async () => !(await servedFromMemory(app, steady.key)))
+    await until('L1 is bypassed', async () => !(await servedFromMemory(app, steady.key)), DISRUPTED_BOUND_MS)
     // Across several heartbeat intervals, every request goes to Redis.
     const bypassedUntil = Date.now() + 1000
     let bypassed = 0
@@ -142,8 +142,8 @@ describe('tiered backend in one process', () => {
     t.after(() => redis.admin.call('CLIENT', 'UNPAUSE'))
     const pausedAt = Date.now()
     await redis.admin.call('CLIENT', 'PAUSE', '10000', 'WRITE')
-    await waitUntil('the silently revoked key is refused', DISRUPTED_BOUND_MS, async () =>
-      (await status(app, stale.key)) === 401)
+    await until('the silently revoked key is refused', async () =>
+      (await status(app, stale.key)) === 401, DISRUPTED_BOUND_MS)
     t.diagnostic(`refused ${Date.now() - pausedAt} ms after the bus went silent`)
     await redis.admin.call('CLIENT', 'UNPAUSE')
 
@@ -197,7 +197,7 @@ describe('tiered backend in one process', () => {
         if (name.includes('another')) {
           // A clear does not touch keys it cannot see, such as one being looked up: only its
           // announcement stops the stale fill, so the lookup ends once the slow app heard it.
-          await waitUntil('the revocation is heard', 5000, async () => slow.apiKeyCache.stats().invalidations > heard)
+          await until('the revocation is heard', async () => slow.apiKeyCache.stats().invalidations > heard, 5000)
         }
         release()
         // The request that started before the revocation was answered with what lookup read.

@@ -8,6 +8,7 @@ import {
   fastifyAuthCache, hashApiKey,
   type ApiKeyCacheStats, type ApiKeyLookup, type ApiKeyRecord, type ApiKeysOptions, type BackendName
 } from '../../lib'
+import { deferred, until } from './wait'
 
 export type ContractRedis = Redis | Cluster
 
@@ -27,32 +28,6 @@ export interface ApiKeyCacheContractFixture {
 }
 
 const TEST_TIMEOUT_MS = 30_000
-const POLL_DEADLINE_MS = 10_000
-
-export interface Deferred<T> {
-  promise: Promise<T>
-  resolve (value: T): void
-  reject (err: Error): void
-}
-
-export function deferred<T> (): Deferred<T> {
-  let resolve!: (value: T) => void
-  let reject!: (err: Error) => void
-  const promise = new Promise<T>((_resolve, _reject) => { resolve = _resolve; reject = _reject })
-  return { promise, resolve, reject }
-}
-
-/** Polls `check` until it returns a value other than undefined/false, or fails after a deadline. */
-export async function until<T> (what: string, check: () => T | undefined | false | Promise<T | undefined | false>,
-  deadlineMs = POLL_DEADLINE_MS): Promise<T> {
-  const deadline = Date.now() + deadlineMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting until ${what}`)
-    await sleep(20)
-  }
-}
 
 export const newKey = (): string => `k_${randomBytes(16).toString('hex')}`
 export const newPrefix = (name = 'cc'): string => `${name}:${randomBytes(4).toString('hex')}:`

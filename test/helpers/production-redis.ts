@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
 import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../../lib'
-import { deferred, type Deferred } from './api-key-cache-contract'
+import { deferred, type Deferred } from './wait'
 
 export type SharedBackend = 'redis' | 'tiered'
 export const SHARED_BACKENDS: SharedBackend[] = ['redis', 'tiered']
@@ -19,11 +19,6 @@ export const FAULT_BOUND_MS = 2000
 
 /** Milliseconds on one monotonic clock shared by every app of the test process. */
 export const now = (): number => performance.now()
-
-/** Sleeps until the shared clock reads at least `at` (timers may fire a fraction of a millisecond early). */
-export async function sleepUntil (at: number): Promise<void> {
-  while (now() < at) await sleep(Math.max(1, Math.ceil(at - now())))
-}
 
 export interface TestKey { key: string, hash: string }
 
@@ -216,22 +211,6 @@ export class RevocationLedger {
     assert.equal(this.serverErrors.length, 0, `${what}: server errors: ${JSON.stringify(this.serverErrors.slice(0, 5))}; ${this.summary()}`)
     assert.equal(this.violations.length, 0, `${what}: revoked keys accepted after delete() resolved: ${this.summary()}`)
     assert.equal(this.validRefused.length, 0, `${what}: valid keys refused: ${JSON.stringify(this.validRefused.slice(0, 5))}; ${this.summary()}`)
-  }
-}
-
-/** Calls `revoke` until it resolves (a delete may reject during a failover), up to `deadlineMs`. */
-export async function untilResolved (revoke: () => Promise<void>, deadlineMs = 30_000, pauseMs = 100): Promise<{ resolvedAt: number, rejections: string[] }> {
-  const deadline = now() + deadlineMs
-  const rejections: string[] = []
-  for (;;) {
-    try {
-      await revoke()
-      return { resolvedAt: now(), rejections }
-    } catch (err) {
-      rejections.push((err as Error).message)
-      if (now() > deadline) throw new Error(`delete() kept rejecting for ${deadlineMs} ms: ${rejections.slice(-3).join(' | ')}`)
-      await sleep(pauseMs)
-    }
   }
 }
 

@@ -3,9 +3,9 @@ import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Redis, { Cluster, type ClusterOptions } from 'ioredis'
 import { freePort } from './redis-server'
+import { until } from './wait'
 
 const MASTERS = 3
 const START_TIMEOUT_MS = 30_000
@@ -104,25 +104,21 @@ export class RedisCluster {
   }
 
   private async waitForPing (node: ClusterNodeProcess): Promise<void> {
-    const deadline = Date.now() + START_TIMEOUT_MS
-    while (Date.now() < deadline) {
-      if (node.spawnFailed || node.child.exitCode !== null || node.child.signalCode !== null) break
-      if (await probe(node.port, (client) => client.ping()) === 'PONG') return
-      await sleep(50)
-    }
-    throw new Error(`redis-server on 127.0.0.1:${node.port} did not answer PING`)
+    await until(`redis-server on 127.0.0.1:${node.port} answers PING`, async () => {
+      if (node.spawnFailed || node.child.exitCode !== null || node.child.signalCode !== null) {
+        throw new Error(`redis-server on 127.0.0.1:${node.port} is not running`)
+      }
+      return await probe(node.port, (client) => client.ping()) === 'PONG'
+    }, { deadlineMs: START_TIMEOUT_MS, pauseMs: 50 })
   }
 
   /** Every node must see the whole cluster healthy, or a client may be sent to one that does not. */
   private async waitForClusterOk (): Promise<void> {
-    const deadline = Date.now() + START_TIMEOUT_MS
-    while (Date.now() < deadline) {
+    await until('cluster_state is ok on every node', async () => {
       const states = await Promise.all(this.nodes.map((node) =>
         probe(node.port, async (client) => String(await client.cluster('INFO')))))
-      if (states.every((info) => info?.includes('cluster_state:ok') === true)) return
-      await sleep(100)
-    }
-    throw new Error('cluster_state did not become ok on every node')
+      return states.every((info) => info?.includes('cluster_state:ok') === true)
+    }, { deadlineMs: START_TIMEOUT_MS, pauseMs: 100 })
   }
 
   /** An ioredis Cluster client, closed by `destroy()` unless the caller closes it first. */
