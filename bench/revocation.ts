@@ -1,6 +1,6 @@
 import { startRedis } from '../test/helpers/redis-server'
 import { Peer } from './ipc'
-import { percentile } from './percentiles'
+import { percentile, sortedCopy } from './percentiles'
 import type { Figure } from './report'
 import type { CreatedKey, Refusal, Revocation } from './tiered-peer'
 
@@ -41,8 +41,8 @@ export async function measureRevocation (redisUrl: string, revocations: number):
       fromReturn.push(Math.max(0, refusal.at - revocation.endedAt))
       if (refusal.at < revocation.endedAt) beforeReturn++
     }
-    const call = Float64Array.from(fromCall).sort()
-    const ret = Float64Array.from(fromReturn).sort()
+    const call = sortedCopy(fromCall)
+    const ret = sortedCopy(fromReturn)
     const stat = (s: Float64Array): string =>
       `p50 ${percentile(s, 50).toFixed(2)} ms, p99 ${percentile(s, 99).toFixed(2)} ms, max ${s[s.length - 1].toFixed(2)} ms`
     return {

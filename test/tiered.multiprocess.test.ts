@@ -3,6 +3,7 @@ import { after, before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import { generateApiKey, type ApiKeyRecord } from '../lib'
+import { percentile, sortedCopy } from '../bench/percentiles'
 import { requestPathCommandCalls } from './helpers/command-stats'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { setRecordEverywhere, TieredWorker, type Revocation, type WatchOutcome, type WorkerStats } from './helpers/tiered-worker-process'
@@ -36,13 +37,8 @@ function active (id: string): ApiKeyRecord {
   return { id, active: true }
 }
 
-/** Nearest-rank percentile. */
-function percentile (sorted: number[], p: number): number {
-  return sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)]!
-}
-
 function summary (samples: number[]): { p50: number, p99: number, max: number, text: string } {
-  const sorted = [...samples].sort((x, y) => x - y)
+  const sorted = sortedCopy(samples)
   const p50 = percentile(sorted, 50)
   const p99 = percentile(sorted, 99)
   const max = sorted[sorted.length - 1]!

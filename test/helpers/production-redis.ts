@@ -214,12 +214,6 @@ export class RevocationLedger {
   }
 }
 
-/** Nearest-rank percentile of unsorted samples. */
-export function percentile (samples: number[], p: number): number {
-  const sorted = [...samples].sort((x, y) => x - y)
-  return sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)] ?? NaN
-}
-
 /** Runs `task(i)` for i in [0, count) with at most `concurrency` at a time. */
 export async function inParallel (count: number, concurrency: number, task: (i: number) => Promise<void>): Promise<void> {
   let next = 0
