@@ -4,10 +4,8 @@ import { join } from 'node:path'
 import { describe, test, before, after, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
-import Fastify from 'fastify'
-import fastifyAuthCache, {
-  jsonSerializer, type CredentialStore, type FastifyAuthCacheOptions, type GetFreshOptions, type SerializerContext
-} from '../lib'
+import { jsonSerializer, type CredentialStore, type GetFreshOptions, type SerializerContext } from '../lib'
+import { openCredentialStore } from './helpers/credential-store-app'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { deferred, until } from './helpers/wait'
 
@@ -85,24 +83,8 @@ for (const backend of ['memory', 'redis'] as const) {
     const freshPrefix = (): string => `fresh-${backend}-${++prefixes}:`
 
     /** A newly registered app's store; on Redis each app has its own client, like another process. */
-    async function open (t: TestContext, keyPrefix: string, serializer = new CountingSerializer()): Promise<Store> {
-      const app = Fastify()
-      const options: FastifyAuthCacheOptions = {
-        backend,
-        strict: true,
-        apiKeys: { hook: false },
-        credentials: { keyPrefix, serialize: serializer.serialize, deserialize: serializer.deserialize }
-      }
-      if (redis !== undefined) {
-        const client = redis.client()
-        t.after(() => client.quit())
-        options.redis = client
-      }
-      await app.register(fastifyAuthCache, options)
-      await app.ready()
-      t.after(() => app.close())
-      return app.credentialStore as Store
-    }
+    const open = (t: TestContext, keyPrefix: string, serializer = new CountingSerializer()): Promise<Store> =>
+      openCredentialStore(t, redis, { keyPrefix, serialize: serializer.serialize, deserialize: serializer.deserialize })
 
     interface Contenders { label: string, a: Store, b: Store, serializer: CountingSerializer }
 

@@ -1,11 +1,8 @@
 import assert from 'node:assert/strict'
 import { describe, test, before, after, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import Fastify from 'fastify'
-import fastifyAuthCache, {
-  jsonSerializer, type CredentialStore, type CredentialsOptions, type FastifyAuthCacheOptions,
-  type SerializerContext
-} from '../lib'
+import { jsonSerializer, type CredentialStore, type CredentialsOptions, type SerializerContext } from '../lib'
+import { openCredentialStore } from './helpers/credential-store-app'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { deferred, until } from './helpers/wait'
 
@@ -44,19 +41,7 @@ for (const backend of ['memory', 'redis'] as const satisfies readonly Backend[])
     const freshPrefix = (): string => `cred-${backend}-${++prefixes}:`
 
     /** The credential store of a newly registered app; on Redis each app is a separate client, like another process. */
-    async function open (t: TestContext, credentials: CredentialsOptions): Promise<Store> {
-      const app = Fastify()
-      const options: FastifyAuthCacheOptions = { backend, strict: true, apiKeys: { hook: false }, credentials }
-      if (redis !== undefined) {
-        const client = redis.client()
-        t.after(() => client.quit())
-        options.redis = client
-      }
-      await app.register(fastifyAuthCache, options)
-      await app.ready()
-      t.after(() => app.close())
-      return app.credentialStore as Store
-    }
+    const open = (t: TestContext, credentials: CredentialsOptions): Promise<Store> => openCredentialStore(t, redis, credentials)
 
     /**
      * Two handles on one key: the same store (callers in one process), and on Redis also two apps

@@ -3,9 +3,10 @@ import { after, before, describe, test, type TestContext } from 'node:test'
 import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
-import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../lib'
+import fastifyAuthCache, { generateApiKey, type ApiKeyLookup, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../lib'
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
+import { KeySource, record } from './helpers/key-source'
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server'
 import { until } from './helpers/wait'
 
@@ -45,19 +46,11 @@ function newApp (t: TestContext, log?: CapturedLog): FastifyInstance {
   return app
 }
 
-/** A directory of one valid key, counting lookups. */
-function oneKey (id = 'user'): { key: string, hash: string, calls: () => number, lookup: (hash: string) => Promise<ApiKeyRecord | null> } {
+/** A directory of one valid key, counting lookups (of any key). */
+function oneKey (id = 'user'): { key: string, hash: string, calls: () => number, lookup: ApiKeyLookup } {
   const { key, hash } = generateApiKey({ prefix: 'opt' })
-  let calls = 0
-  return {
-    key,
-    hash,
-    calls: () => calls,
-    lookup: async (keyHash) => {
-      calls++
-      return keyHash === hash ? { id, active: true } : null
-    }
-  }
+  const source = new KeySource().answer(hash, record(id))
+  return { key, hash, calls: () => source.lookups, lookup: source.lookup }
 }
 
 function within<T> (ms: number, what: string, promise: Promise<T>): Promise<T> {

@@ -22,8 +22,9 @@ import { startRedis, type RedisServer } from './helpers/redis-server'
 import {
   aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, type AclUser
 } from './helpers/redis-topologies'
+import { KeySource, record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, now, request, SHARED_BACKENDS, TruthTable, type ScenarioApp
+  AppSet, HEALTHY_BOUND_MS, newTestKey, now, request, SHARED_BACKENDS, type ScenarioApp
 } from './helpers/production-redis'
 import { sleepUntil, until } from './helpers/wait'
 
@@ -46,7 +47,7 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
   for (const backend of SHARED_BACKENDS) {
     test(`${backend}: every feature works and ACL LOG stays empty`, { timeout: 60_000 }, async (t) => {
       await resetAclLog(admin)
-      const source = new TruthTable()
+      const source = new KeySource()
       const apps = new AppSet()
       t.after(() => apps.closeAll())
       const options: RedisOptions = { ...server.connectionOptions(), username: user.username, password: user.password }
@@ -67,7 +68,7 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       }
 
       const valid = newTestKey('acl')
-      source.set(valid.hash, activeRecord('acl-valid'))
+      source.answer(valid.hash, record('acl-valid'))
       const unknown = newTestKey('acl')
       await step('the hook: a miss, then hits', async () => {
         for (const app of pair) {
@@ -84,12 +85,12 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       })
       await step('set and get', async () => {
         const hash = newTestKey('acl').hash
-        await a.app.apiKeyCache.set(hash, activeRecord('acl-set'), 60)
+        await a.app.apiKeyCache.set(hash, record('acl-set'), 60)
         assert.equal((await a.app.apiKeyCache.get(hash))?.id, 'acl-set')
         assert.equal((await b.app.apiKeyCache.get(hash))?.id, 'acl-set')
       })
       await step('delete', async () => {
-        source.set(valid.hash, null)
+        source.answer(valid.hash, null)
         await a.app.apiKeyCache.delete(valid.hash)
         const resolvedAt = now()
         await expectStatus(a, valid.key, 401, 'deleted')
@@ -98,9 +99,9 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       })
       await step('clear', async () => {
         const cleared = newTestKey('acl')
-        source.set(cleared.hash, activeRecord('acl-cleared'))
+        source.answer(cleared.hash, record('acl-cleared'))
         for (const app of pair) await expectStatus(app, cleared.key, 200, 'before clear')
-        source.set(cleared.hash, null)
+        source.answer(cleared.hash, null)
         await b.app.apiKeyCache.clear()
         const resolvedAt = now()
         await expectStatus(b, cleared.key, 401, 'cleared')
@@ -141,14 +142,14 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
  */
 async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) => void, diagnostic: (message: string) => void },
   admin: Redis, options: RedisOptions): Promise<void> {
-  const source = new TruthTable()
+  const source = new KeySource()
   const apps = new AppSet()
   t.after(() => apps.closeAll())
   const a = await apps.start({ name: 'A', backend: 'tiered', redis: appClient(options), source })
   const b = await apps.start({ name: 'B', backend: 'tiered', redis: appClient(options), source })
 
   const { key, hash } = newTestKey('conn')
-  source.set(hash, activeRecord('conn'))
+  source.answer(hash, record('conn'))
   for (const app of [a, b]) assert.equal((await request(app, key)).status, 200)
   // Served from process memory: only possible while the app's own subscriber connection works.
   await until('B serves the key from process memory', async () => {
@@ -160,7 +161,7 @@ async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) 
     return after === before && b.app.apiKeyCache.stats().hits === hitsBefore + 1
   }, { deadlineMs: 10_000, pauseMs: 50, retryErrors: true })
 
-  source.set(hash, null)
+  source.answer(hash, null)
   await a.app.apiKeyCache.delete(hash)
   const resolvedAt = now()
   await sleepUntil(resolvedAt + HEALTHY_BOUND_MS)

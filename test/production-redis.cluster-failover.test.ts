@@ -12,8 +12,9 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ReplicatedCluster, waitReplicated } from './helpers/redis-topologies'
+import { KeySource, record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable, type ScenarioApp, type TestKey
+  AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, type ScenarioApp, type TestKey
 } from './helpers/production-redis'
 import { retryUntilResolved } from './helpers/wait'
 
@@ -34,7 +35,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
 
   for (const [index, backend] of SHARED_BACKENDS.entries()) {
     test(`${backend}: revocations acknowledged by the master that loses them stay revoked after the takeover`, { timeout: 120_000 }, async (t) => {
-      const source = new TruthTable()
+      const source = new KeySource()
       const ledger = new RevocationLedger()
       const apps = new AppSet()
       t.after(() => apps.closeAll())
@@ -50,7 +51,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
         if (await cluster.masterOf(KEY_PREFIX + candidate.hash) === shard.masterPort) doomed.push(candidate)
       }
       const valid = [newTestKey('cluster'), newTestKey('cluster'), newTestKey('cluster')]
-      for (const [i, { hash }] of [...doomed, ...valid].entries()) source.set(hash, activeRecord(`cluster-${i}`))
+      for (const [i, { hash }] of [...doomed, ...valid].entries()) source.answer(hash, record(`cluster-${i}`))
       for (const { key } of valid) ledger.markValid(key)
       for (const { key } of [...doomed, ...valid]) {
         for (const app of pair) assert.equal((await ledger.check(app, key)).status, 200, 'warm-up')
@@ -73,7 +74,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
       const rejected: Array<{ key: TestKey, error: string }> = []
       try {
         for (const [i, key] of doomed.entries()) {
-          source.set(key.hash, null)
+          source.answer(key.hash, null)
           try {
             await pair[i % 2]!.app.apiKeyCache.delete(key.hash)
             ledger.markRevoked(key.key, now(), FAULT_BOUND_MS, 'while held back')

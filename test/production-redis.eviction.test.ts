@@ -13,12 +13,13 @@
  */
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import type { RedisServer } from './helpers/redis-server'
 import { appClient, evictedKeys, startEvictingRedis, startFiller, type EvictionPolicy, type Filler } from './helpers/redis-topologies'
+import { KeySource, record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, SHARED_BACKENDS, TruthTable,
-  type Answer, type ScenarioApp
+  AppSet, HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, SHARED_BACKENDS, type Answer, type ScenarioApp
 } from './helpers/production-redis'
 import { sleepUntil } from './helpers/wait'
 
@@ -50,7 +51,7 @@ for (const policy of POLICIES) {
 
     for (const backend of SHARED_BACKENDS) {
       test(`${backend}: ${ROUNDS} revocations, each racing a lookup in flight; no revoked key accepted`, { timeout: 120_000 }, async (t) => {
-        const source = new TruthTable()
+        const source = new KeySource()
         const apps = new AppSet()
         t.after(() => apps.closeAll())
         const a = await apps.start({ name: 'A', backend, redis: appClient(server.connectionOptions()), source })
@@ -73,16 +74,16 @@ for (const policy of POLICIES) {
 
         await inParallel(ROUNDS, CONCURRENCY, async (round) => {
           const { key, hash } = newTestKey('evict')
-          source.set(hash, activeRecord(`evict-${round}`))
+          source.answer(hash, record(`evict-${round}`))
           const holder = pair[round % 2]!
           const revoker = pair[Math.floor(round / 2) % 2]!
           const other = revoker === a ? b : a
 
-          const lookupStarted = source.slowNext(hash, 30 + Math.random() * 50)
+          const lookupStarted = source.holdNext(hash, () => sleep(30 + Math.random() * 50))
           let settled = false
           const inFlight = request(holder, key).finally(() => { settled = true })
           await lookupStarted
-          source.set(hash, null)
+          source.answer(hash, null)
           await revoker.app.apiKeyCache.delete(hash)
           const resolvedAt = now()
           revoked[round] = { key, resolvedAt }

@@ -16,8 +16,9 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SentinelTopology, waitReplicated, type FailoverResult } from './helpers/redis-topologies'
+import { KeySource, record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, TruthTable, type ScenarioApp, type TestKey
+  AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, type ScenarioApp, type TestKey
 } from './helpers/production-redis'
 import { retryUntilResolved } from './helpers/wait'
 
@@ -40,7 +41,7 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
   })
 
   test('revocations before, during and after SENTINEL FAILOVER stay revoked on both apps; no 5xx; credentialStore.update works after', { timeout: 240_000 }, async (t) => {
-    const source = new TruthTable()
+    const source = new KeySource()
     const ledger = new RevocationLedger()
     const apps = new AppSet()
     t.after(() => apps.closeAll())
@@ -51,14 +52,14 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
     const valid: TestKey[] = []
     for (let i = 0; i < VALID_KEYS; i++) {
       const key = newTestKey('sentinel')
-      source.set(key.hash, activeRecord(`valid-${i}`))
+      source.answer(key.hash, record(`valid-${i}`))
       ledger.markValid(key.key)
       valid.push(key)
     }
     const pool: TestKey[] = []
     for (let i = 0; i < POOL; i++) {
       const key = newTestKey('sentinel')
-      source.set(key.hash, activeRecord(`pool-${i}`))
+      source.answer(key.hash, record(`pool-${i}`))
       pool.push(key)
     }
     for (const { key } of [...valid, ...pool]) {
@@ -83,7 +84,7 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
     const revoke = async (phase: string): Promise<boolean> => {
       const next = pool.shift()
       if (next === undefined) return false
-      source.set(next.hash, null)
+      source.answer(next.hash, null)
       const app = pair[Math.floor(Math.random() * 2)]!
       const { resolvedAt, rejections: failed } = await retryUntilResolved('delete() resolves', () => app.app.apiKeyCache.delete(next.hash), { deadlineMs: 60_000 })
       rejections += failed.length

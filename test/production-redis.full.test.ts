@@ -10,9 +10,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import type { RedisServer } from './helpers/redis-server'
 import { appClient, assertWritesRefused, fillUntilRefused, startNoEvictionRedis } from './helpers/redis-topologies'
+import { KeySource, record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
-  type ScenarioApp
+  AppSet, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, type ScenarioApp
 } from './helpers/production-redis'
 import { sleepUntil } from './helpers/wait'
 
@@ -36,7 +36,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
     test(`${backend}: delete() and clear() resolve and revoke everywhere; valid keys authenticate through lookup`, { timeout: 60_000 }, async (t) => {
       await admin.flushall()
       await admin.config('SET', 'maxmemory', MAXMEMORY)
-      const source = new TruthTable()
+      const source = new KeySource()
       const ledger = new RevocationLedger()
       const apps = new AppSet()
       t.after(() => apps.closeAll())
@@ -49,7 +49,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       const toClear = newTestKey('full')
       const valid = newTestKey('full')
       for (const [i, { key, hash }] of [toDelete, toClear, valid].entries()) {
-        source.set(hash, activeRecord(`before-fill-${i}`))
+        source.answer(hash, record(`before-fill-${i}`))
         ledger.markValid(key)
         for (const app of pair) assert.equal((await ledger.check(app, key)).status, 200)
       }
@@ -60,7 +60,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
 
       // A key first seen now authenticates through lookup, every time, in both apps.
       const fresh = newTestKey('full')
-      source.set(fresh.hash, activeRecord('after-fill'))
+      source.answer(fresh.hash, record('after-fill'))
       ledger.markValid(fresh.key)
       for (let i = 0; i < 3; i++) {
         for (const app of pair) assert.equal((await ledger.check(app, fresh.key)).status, 200, `a valid key first seen on a full Redis (${app.name}, request ${i})`)
@@ -68,7 +68,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       assert.ok(source.calls(fresh.hash) >= 1, 'the fresh key was authenticated through lookup')
 
       // delete(): resolves, and every app refuses the key.
-      source.set(toDelete.hash, null)
+      source.answer(toDelete.hash, null)
       let deleteError: unknown
       await a.app.apiKeyCache.delete(toDelete.hash).catch((err: unknown) => { deleteError = err })
       if (deleteError !== undefined) assert.fail(`delete() must resolve on a full Redis (Redis allows deletes); it rejected: ${(deleteError as Error).message}`)
@@ -80,7 +80,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       await ledger.check(b, toDelete.key)
 
       // clear(): resolves, and every app refuses what it dropped.
-      source.set(toClear.hash, null)
+      source.answer(toClear.hash, null)
       let clearError: unknown
       await b.app.apiKeyCache.clear().catch((err: unknown) => { clearError = err })
       if (clearError !== undefined) assert.fail(`clear() must resolve on a full Redis; it rejected: ${(clearError as Error).message}`)

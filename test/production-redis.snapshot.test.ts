@@ -11,9 +11,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import type { RedisServer } from './helpers/redis-server'
 import { appClient, restartFromSnapshot, saveSnapshot } from './helpers/redis-topologies'
+import { KeySource, record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
-  type ScenarioApp, type TestKey
+  AppSet, FAULT_BOUND_MS, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, type ScenarioApp, type TestKey
 } from './helpers/production-redis'
 import { sleepUntil } from './helpers/wait'
 import { startRedis } from './helpers/redis-server'
@@ -39,7 +39,7 @@ describe('Restart from an older snapshot: SAVE, revoke, kill Redis, restart it f
 
   for (const backend of SHARED_BACKENDS) {
     test(`${backend}: revoked keys are refused by every app within ${FAULT_BOUND_MS} ms of Redis being back, and stay refused`, { timeout: 60_000 }, async (t) => {
-      const source = new TruthTable()
+      const source = new KeySource()
       const ledger = new RevocationLedger()
       const apps = new AppSet()
       t.after(() => apps.closeAll())
@@ -50,7 +50,7 @@ describe('Restart from an older snapshot: SAVE, revoke, kill Redis, restart it f
       const toRevoke: TestKey[] = Array.from({ length: REVOKED }, () => newTestKey('snapshot'))
       const kept: TestKey[] = Array.from({ length: KEPT }, () => newTestKey('snapshot'))
       for (const [i, { key, hash }] of [...toRevoke, ...kept].entries()) {
-        source.set(hash, activeRecord(`snapshot-${i}`))
+        source.answer(hash, record(`snapshot-${i}`))
         ledger.markValid(key)
       }
       for (const { key } of [...toRevoke, ...kept]) {
@@ -61,7 +61,7 @@ describe('Restart from an older snapshot: SAVE, revoke, kill Redis, restart it f
 
       // Revoked on a healthy Redis: refused at once where deleted, within the healthy bound elsewhere.
       for (const [i, { key, hash }] of toRevoke.entries()) {
-        source.set(hash, null)
+        source.answer(hash, null)
         const deleter = pair[i % 2]!
         await deleter.app.apiKeyCache.delete(hash)
         const resolvedAt = now()

@@ -10,7 +10,8 @@ import type Redis from 'ioredis'
 import { requestPathCommandCalls } from './helpers/command-stats'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { appClient } from './helpers/redis-topologies'
-import { activeRecord, AppSet, newTestKey, now, request, TruthTable } from './helpers/production-redis'
+import { KeySource, record } from './helpers/key-source'
+import { AppSet, newTestKey, now, request } from './helpers/production-redis'
 
 // The contract's 2 s, with room for a busy machine.
 const READY_WITHOUT_REDIS_MS = 5000
@@ -31,13 +32,13 @@ describe('Start-up: ready() of a tiered app', () => {
   })
 
   test('resolves once the app serves from process memory: the second request of a key cached in Redis is a memory hit', { timeout: 60_000 }, async (t) => {
-    const source = new TruthTable()
+    const source = new KeySource()
     const keys = [newTestKey('startup'), newTestKey('startup')]
     // Another process cached the keys in Redis, then went away.
     const writers = new AppSet()
     const writer = await writers.start({ name: 'W', backend: 'redis', redis: appClient(server.connectionOptions()), source })
     for (const [i, { key, hash }] of keys.entries()) {
-      source.set(hash, activeRecord(`startup-${i}`))
+      source.answer(hash, record(`startup-${i}`))
       assert.equal((await request(writer, key)).status, 200)
     }
     await writers.closeAll()
@@ -84,7 +85,7 @@ describe('Start-up: ready() of a tiered app', () => {
       if (outage === 'stopped') await down.stop()
       else process.kill(pid, 'SIGSTOP')
 
-      const source = new TruthTable()
+      const source = new KeySource()
       const apps = new AppSet()
       t.after(() => apps.closeAll())
       const startedAt = now()
@@ -96,7 +97,7 @@ describe('Start-up: ready() of a tiered app', () => {
       assert.ok(readyMs <= READY_WITHOUT_REDIS_MS, `ready() took ${readyMs.toFixed(0)} ms with Redis ${outage}`)
 
       const valid = newTestKey('startup')
-      source.set(valid.hash, activeRecord('startup-valid'))
+      source.answer(valid.hash, record('startup-valid'))
       const unknown = newTestKey('startup')
       for (let i = 0; i < 5; i++) {
         const accepted = await request(app, valid.key)

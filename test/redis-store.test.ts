@@ -4,9 +4,9 @@ import type { FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
 import { hashApiKey } from '../lib'
 import {
-  buildApp, call, KeySource, newKey, newPrefix, record,
-  type ApiKeyCacheContractFixture, type AppSettings
+  buildApp, call, newKey, newPrefix, type ApiKeyCacheContractFixture, type AppSettings
 } from './helpers/api-key-cache-contract'
+import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
 import { deferred, until } from './helpers/wait'
 

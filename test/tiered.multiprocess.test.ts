@@ -2,9 +2,10 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
-import { generateApiKey, type ApiKeyRecord } from '../lib'
+import { generateApiKey } from '../lib'
 import { percentile, sortedCopy } from '../bench/percentiles'
 import { requestPathCommandCalls } from './helpers/command-stats'
+import { record } from './helpers/key-source'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { setRecordEverywhere, TieredWorker, type Revocation, type WatchOutcome, type WorkerStats } from './helpers/tiered-worker-process'
 import { retryUntilResolved, until } from './helpers/wait'
@@ -31,10 +32,6 @@ interface RevocationTiming {
 
 function newKey (): { key: string, hash: string } {
   return generateApiKey({ prefix: 'tiered' })
-}
-
-function active (id: string): ApiKeyRecord {
-  return { id, active: true }
 }
 
 function summary (samples: number[]): { p50: number, p99: number, max: number, text: string } {
@@ -175,11 +172,11 @@ describe('tiered backend across processes sharing one Redis', () => {
     const timings: RevocationTiming[] = []
     for (let i = 0; i < REVOCATIONS; i++) {
       const { key, hash } = newKey()
-      await setRecordEverywhere(workers, hash, active(`a-${i}`))
+      await setRecordEverywhere(workers, hash, record(`a-${i}`))
       await warmInL1(b, key)
       timings.push(await watchHealthyRevocation(`delete ${i}`, key, async () => {
         // Both ways a key stops being valid: gone from the source of truth, or disabled there.
-        await setRecordEverywhere(workers, hash, i % 2 === 0 ? null : { id: `a-${i}`, active: false })
+        await setRecordEverywhere(workers, hash, i % 2 === 0 ? null : record(`a-${i}`, { active: false }))
         return await a.delete(hash)
       }))
     }
@@ -190,7 +187,7 @@ describe('tiered backend across processes sharing one Redis', () => {
     const latencies: number[] = []
     for (let i = 0; i < 6; i++) {
       const { key, hash } = newKey()
-      await setRecordEverywhere(workers, hash, active(`b-${i}`))
+      await setRecordEverywhere(workers, hash, record(`b-${i}`))
       await warmInL1(b, key)
       await b.watchStart(key, 10_000, WATCH_PAUSE_MS)
       // Killed before the revocation, B's subscriber misses the message: only the flush on
@@ -208,7 +205,7 @@ describe('tiered backend across processes sharing one Redis', () => {
       // B comes back: a new subscriber, trusted again, and its process memory in use.
       await learnSubscriber(b)
       const next = newKey()
-      await setRecordEverywhere(workers, next.hash, active(`b-next-${i}`))
+      await setRecordEverywhere(workers, next.hash, record(`b-next-${i}`))
       await warmInL1(b, next.key, 15_000)
     }
     t.diagnostic(`delete in A resolved -> first 401 in B with B's connections killed: ${summary(latencies).text}`)
@@ -218,7 +215,7 @@ describe('tiered backend across processes sharing one Redis', () => {
     const latencies: number[] = []
     for (let i = 0; i < 2; i++) {
       const { key, hash } = newKey()
-      await setRecordEverywhere(workers, hash, active(`c-${i}`))
+      await setRecordEverywhere(workers, hash, record(`c-${i}`))
       await warmInL1(b, key)
       await warmInL1(c, key)
       await b.watchStart(key, 20_000, WATCH_PAUSE_MS)
@@ -245,7 +242,7 @@ describe('tiered backend across processes sharing one Redis', () => {
       assert.equal(inC.status, 401, 'C, which was not watching, refuses the key too')
       // Every worker trusts its bus again and serves from process memory.
       const next = newKey()
-      await setRecordEverywhere(workers, next.hash, active(`c-next-${i}`))
+      await setRecordEverywhere(workers, next.hash, record(`c-next-${i}`))
       for (const worker of workers) await warmInL1(worker, next.key, 15_000)
     }
     t.diagnostic(`delete in A resolved -> first 401 in B around a Redis restart: ${summary(latencies).text}`)
@@ -256,13 +253,13 @@ describe('tiered backend across processes sharing one Redis', () => {
     for (let i = 0; i < REVOCATIONS; i++) {
       const watched = newKey()
       const other = newKey()
-      await setRecordEverywhere(workers, watched.hash, active(`d-${i}`))
-      await setRecordEverywhere(workers, other.hash, active(`d-other-${i}`))
+      await setRecordEverywhere(workers, watched.hash, record(`d-${i}`))
+      await setRecordEverywhere(workers, other.hash, record(`d-other-${i}`))
       await warmInL1(b, watched.key)
       await warmInL1(c, other.key)
       timings.push(await watchHealthyRevocation(`clear ${i}`, watched.key, async () => {
         await setRecordEverywhere(workers, watched.hash, null)
-        await setRecordEverywhere(workers, other.hash, { id: `d-other-${i}`, active: false })
+        await setRecordEverywhere(workers, other.hash, record(`d-other-${i}`, { active: false }))
         return await a.clear()
       }))
       const inC = await c.request(other.key)
@@ -297,7 +294,7 @@ describe('tiered backend across processes sharing one Redis', () => {
     await b.setLookupDelay(150)
     const known = newKey()
     const unknown = newKey()
-    await setRecordEverywhere(workers, known.hash, active('f-known'))
+    await setRecordEverywhere(workers, known.hash, record('f-known'))
 
     for (const [key, status] of [[known.key, 200], [unknown.key, 401]] as const) {
       const before = await b.stats()

@@ -4,11 +4,10 @@
  * and a ledger that judges every answer against the revocations that resolved before it.
  */
 import assert from 'node:assert/strict'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
-import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../../lib'
-import { deferred, type Deferred } from './wait'
+import fastifyAuthCache, { generateApiKey, type FastifyAuthCacheOptions } from '../../lib'
+import type { KeySource } from './key-source'
 
 export type SharedBackend = 'redis' | 'tiered'
 export const SHARED_BACKENDS: SharedBackend[] = ['redis', 'tiered']
@@ -26,51 +25,6 @@ export function newTestKey (prefix = 'prod'): TestKey {
   return generateApiKey({ prefix })
 }
 
-export function activeRecord (id: string): ApiKeyRecord {
-  return { id, active: true } as ApiKeyRecord
-}
-
-/**
- * The source of truth behind every app's `lookup`. A lookup reads the table when it is called,
- * as a database query would, and may then take a while to answer what it read: an answer still
- * travelling back when the record changes is stale.
- */
-export class TruthTable {
-  private readonly records = new Map<string, ApiKeyRecord>()
-  private readonly slow = new Map<string, { ms: number, started: Deferred<void> }>()
-  private readonly counts = new Map<string, number>()
-  lookups = 0
-
-  set (hash: string, record: ApiKeyRecord | null): void {
-    if (record === null) this.records.delete(hash)
-    else this.records.set(hash, record)
-  }
-
-  calls (hash: string): number {
-    return this.counts.get(hash) ?? 0
-  }
-
-  /** The next lookup of `hash` answers `ms` after reading the table; resolves when it has read it. */
-  slowNext (hash: string, ms: number): Promise<void> {
-    const started = deferred<void>()
-    this.slow.set(hash, { ms, started })
-    return started.promise
-  }
-
-  readonly lookup = async (hash: string): Promise<ApiKeyRecord | null> => {
-    this.lookups++
-    this.counts.set(hash, this.calls(hash) + 1)
-    const answer = this.records.get(hash) ?? null
-    const slow = this.slow.get(hash)
-    if (slow !== undefined) {
-      this.slow.delete(hash)
-      slow.started.resolve()
-      await sleep(slow.ms)
-    }
-    return answer
-  }
-}
-
 export interface ScenarioApp {
   name: string
   app: FastifyInstance
@@ -80,7 +34,7 @@ export interface AppSettings {
   name: string
   backend: SharedBackend
   redis: Redis | Cluster
-  source: TruthTable
+  source: KeySource
   /** Default 1000: a stall of a loaded machine is not the subject here. */
   redisTimeoutMs?: number
   apiKeys?: Omit<NonNullable<FastifyAuthCacheOptions['apiKeys']>, 'lookup'>
@@ -91,7 +45,8 @@ export interface AppSettings {
 
 /**
  * Apps of one test, closed together (and their clients with them: the plugin never closes a
- * client it did not create).
+ * client it did not create). Not the contract's `buildApp`: a scenario names its apps for the
+ * ledger, may take one before `ready()`, and ends them when it chooses, not after the test.
  */
 export class AppSet {
   private readonly apps: ScenarioApp[] = []

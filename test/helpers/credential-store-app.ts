@@ -1,0 +1,24 @@
+import type { TestContext } from 'node:test'
+import Fastify from 'fastify'
+import fastifyAuthCache, { type CredentialsOptions, type CredentialStore, type FastifyAuthCacheOptions } from '../../lib'
+import type { RedisServer } from './redis-server'
+
+/**
+ * The credential store of a newly registered, ready app with the API-key hook off, closed after
+ * the test. With `redis` (the redis backend), each app has a client of its own, closed after
+ * the test too, as another process of the deployment would.
+ */
+export async function openCredentialStore<T = unknown> (t: TestContext, redis: RedisServer | undefined,
+  credentials: CredentialsOptions): Promise<CredentialStore<T>> {
+  const app = Fastify()
+  const options: FastifyAuthCacheOptions = { backend: redis === undefined ? 'memory' : 'redis', strict: true, apiKeys: { hook: false }, credentials }
+  if (redis !== undefined) {
+    const client = redis.client()
+    t.after(() => client.quit())
+    options.redis = client
+  }
+  await app.register(fastifyAuthCache, options)
+  await app.ready()
+  t.after(() => app.close())
+  return app.credentialStore as CredentialStore<T>
+}
