@@ -1,5 +1,6 @@
+import { join } from 'node:path'
+import { Child } from '../test/helpers/child-process'
 import { startRedis } from '../test/helpers/redis-server'
-import { Peer } from './ipc'
 import { percentile, sortedCopy } from './percentiles'
 import type { Figure } from './report'
 import type { CreatedKey, Refusal, Revocation } from './tiered-peer'
@@ -11,11 +12,12 @@ import type { CreatedKey, Refusal, Revocation } from './tiered-peer'
 
 /** A deletes a key that B serves from process memory; B's first refusal is timed from the delete call. */
 export async function measureRevocation (redisUrl: string, revocations: number): Promise<{ figures: Figure[], p99: number }> {
-  const config = (name: string): object => ({ name, cacheRedisUrl: redisUrl, dbRedisUrl: redisUrl })
-  const [{ peer: a }, { peer: b }] = await Promise.all([
-    Peer.start('peer A', 'tiered-peer.ts', config('A')),
-    Peer.start('peer B', 'tiered-peer.ts', config('B'))
-  ])
+  const peer = (name: string): Promise<Child> => Child.start({
+    name: `peer ${name}`,
+    file: join(__dirname, 'tiered-peer.ts'),
+    args: [JSON.stringify({ name, cacheRedisUrl: redisUrl, dbRedisUrl: redisUrl })]
+  })
+  const [a, b] = await Promise.all([peer('A'), peer('B')])
   try {
     const waiting = new Map<string, (refusal: Refusal) => void>()
     b.on('refused', (message) => waiting.get(message.hash as string)?.(message as unknown as Refusal))
@@ -23,11 +25,11 @@ export async function measureRevocation (redisUrl: string, revocations: number):
     const fromReturn: number[] = []
     let beforeReturn = 0
     for (let i = 0; i < revocations; i++) {
-      const { key, hash } = await a.request<CreatedKey>('create')
-      await b.request('warm', { key })
+      const { key, hash } = await a.call<CreatedKey>('create')
+      await b.call('warm', { key })
       const refused = new Promise<Refusal>((resolve) => waiting.set(hash, resolve))
-      await b.request('watch', { key })
-      const revocation = await a.request<Revocation>('revoke', { hash })
+      await b.call('watch', { key })
+      const revocation = await a.call<Revocation>('revoke', { hash })
       if (revocation.error !== undefined) throw new Error(`delete failed: ${revocation.error}`)
       let timer: NodeJS.Timeout | undefined
       const refusal = await Promise.race([refused, new Promise<never>((_resolve, reject) => {

@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { once } from 'node:events'
 import { Agent, request } from 'node:http'
 import { join } from 'node:path'
 import { test, type TestContext } from 'node:test'
@@ -9,7 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import { hashApiKey } from '../lib'
 import { percentile, sortedCopy } from '../bench/percentiles'
-import type { FromServer, ServerStats, ToServer } from './fixtures/load-protocol'
+import type { DeleteSettled, LoadServerConfig, Revoked, ServerStats } from './fixtures/load-protocol'
+import { Child } from './helpers/child-process'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { sleepUntil, until } from './helpers/wait'
 
@@ -92,81 +91,37 @@ interface Revocation {
 
 const newKey = (): string => `load_${randomBytes(16).toString('hex')}`
 
-/** One load server process and a request/answer channel to it. */
+/** One load server process (test/fixtures/load-server.ts). */
 class LoadServer {
-  port = 0
-  private nextId = 0
-  private readonly waiting = new Map<number, { resolve: (message: FromServer) => void, reject: (err: Error) => void }>()
-  private exitCode: number | null | undefined
-  readonly deletes = new Map<number, Extract<FromServer, { type: 'deleteSettled' }>>()
+  readonly deletes = new Map<number, DeleteSettled>()
 
-  private constructor (readonly backend: Backend, readonly keyPrefix: string, private readonly child: ChildProcess) {
-    child.on('message', (message: FromServer) => {
-      if (message.type === 'deleteSettled') this.deletes.set(message.id, message)
-      else if ('id' in message) {
-        this.waiting.get(message.id)?.resolve(message)
-        this.waiting.delete(message.id)
-      }
-    })
-    // A server that died answers nothing: fail its questions instead of waiting for the test timeout.
-    child.on('exit', (code) => {
-      this.exitCode = code
-      for (const { reject } of this.waiting.values()) reject(new Error(`load server (${backend}) exited with ${code}`))
-      this.waiting.clear()
-    })
+  private constructor (readonly backend: Backend, readonly keyPrefix: string, private readonly child: Child) {
+    child.on('deleteSettled', (event) => { this.deletes.set(event.id, event as unknown as DeleteSettled) })
+  }
+
+  get port (): number {
+    return this.child.ready.port
   }
 
   static async start (t: TestContext, backend: Backend, redisUrl: string, activeHashes: string[]): Promise<LoadServer> {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'fixtures', 'load-server.ts')], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-    })
-    t.after(async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = once(child, 'exit')
-      child.kill('SIGKILL')
-      await exited
-    })
-    const server = new LoadServer(backend, `load-${backend}:`, child)
-    const ready = once(child, 'message') as Promise<[FromServer]>
-    const exited = once(child, 'exit').then(([code]) => { throw new Error(`load server (${backend}) exited with ${code}`) })
-    exited.catch(() => {})
-    server.send({ type: 'init', redisUrl, backend, keyPrefix: server.keyPrefix, redisTimeoutMs: REDIS_TIMEOUT_MS, activeHashes })
-    const [message] = await Promise.race([ready, exited])
-    assert.equal(message.type, 'ready')
-    server.port = (message as { port: number }).port
-    return server
+    const keyPrefix = `load-${backend}:`
+    const config: LoadServerConfig = { redisUrl, backend, keyPrefix, redisTimeoutMs: REDIS_TIMEOUT_MS, activeHashes }
+    const child = await Child.start({ name: `load server (${backend})`, file: join(__dirname, 'fixtures', 'load-server.ts'), args: [JSON.stringify(config)] })
+    t.after(() => child.kill())
+    return new LoadServer(backend, keyPrefix, child)
   }
 
-  private send (message: ToServer): void {
-    this.child.send(message)
-  }
-
-  private ask (message: { type: 'revoke', keyHash: string } | { type: 'stats' }): Promise<FromServer> & { id: number } {
-    const id = ++this.nextId
-    const answer = new Promise<FromServer>((resolve, reject) => {
-      if (this.exitCode !== undefined) reject(new Error(`load server (${this.backend}) exited with ${this.exitCode}`))
-      else this.waiting.set(id, { resolve, reject })
-    })
-    if (this.exitCode === undefined) this.send({ ...message, id })
-    return Object.assign(answer, { id })
-  }
-
-  async stats (): Promise<ServerStats> {
-    return (await this.ask({ type: 'stats' }) as Extract<FromServer, { type: 'stats' }>).stats
+  stats (): Promise<ServerStats> {
+    return this.child.call('stats')
   }
 
   /** Resolves, with the id of the revocation, once the source of truth refuses the key and the delete was issued. */
   async revoke (keyHash: string): Promise<number> {
-    const answer = this.ask({ type: 'revoke', keyHash })
-    await answer
-    return answer.id
+    return (await this.child.call<Revoked>('revoke', { keyHash })).id
   }
 
   async close (): Promise<void> {
-    if (this.exitCode !== undefined) return
-    const exited = once(this.child, 'exit')
-    this.send({ type: 'close' })
-    await exited
+    await this.child.stop()
   }
 }
 
