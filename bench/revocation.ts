@@ -1,6 +1,7 @@
 import { join } from 'node:path'
 import { Child } from '../test/helpers/child-process'
 import { startRedis } from '../test/helpers/redis-server'
+import { within } from '../test/helpers/wait'
 import { percentile, sortedCopy } from './percentiles'
 import type { Figure } from './report'
 import type { CreatedKey, Refusal, Revocation } from './tiered-peer'
@@ -31,10 +32,7 @@ export async function measureRevocation (redisUrl: string, revocations: number):
       await b.call('watch', { key })
       const revocation = await a.call<Revocation>('revoke', { hash })
       if (revocation.error !== undefined) throw new Error(`delete failed: ${revocation.error}`)
-      let timer: NodeJS.Timeout | undefined
-      const refusal = await Promise.race([refused, new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error('peer B reported nothing within 10 s of the delete')), 10_000)
-      })]).finally(() => clearTimeout(timer))
+      const refusal = await within('peer B reported its first refusal after the delete', refused, 10_000)
       waiting.delete(hash)
       if (refusal.error !== undefined) throw new Error(`peer B: ${refusal.error}`)
       if (refusal.at === null) throw new Error('peer B still accepted a revoked key 5 s after the delete')

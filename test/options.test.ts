@@ -8,7 +8,7 @@ import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { KeySource, record } from './helpers/key-source'
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server'
-import { until } from './helpers/wait'
+import { until, within } from './helpers/wait'
 
 const lookup = async (): Promise<ApiKeyRecord | null> => null
 
@@ -51,14 +51,6 @@ function oneKey (id = 'user'): { key: string, hash: string, calls: () => number,
   const { key, hash } = generateApiKey({ prefix: 'opt' })
   const source = new KeySource().answer(hash, record(id))
   return { key, hash, calls: () => source.lookups, lookup: source.lookup }
-}
-
-function within<T> (ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took more than ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
 }
 
 describe('defaults', () => {
@@ -385,7 +377,7 @@ describe('Redis clients', () => {
       const user = oneKey('offline-user')
       register(app, { backend, redis: client, apiKeys: { lookup: user.lookup } })
       app.get('/', (request) => ({ id: request.apiKey.id }))
-      await within(5000, 'ready()', (async () => { await app.ready() })())
+      await within('ready() resolved', (async () => { await app.ready() })(), 5000)
       assert.equal(app.apiKeyCache.backend, backend)
 
       for (let i = 1; i <= 3; i++) {
@@ -400,7 +392,7 @@ describe('Redis clients', () => {
       const unknown = await app.inject({ url: '/', headers: { 'x-api-key': generateApiKey({ prefix: 'opt' }).key } })
       assert.equal(unknown.statusCode, 401)
       assert.ok(app.apiKeyCache.stats().backendErrors >= 1)
-      await within(5000, 'close()', app.close())
+      await within('close() resolved', app.close(), 5000)
     })
   }
 })

@@ -1,8 +1,8 @@
 /**
- * Waiting in tests and benchmarks, one way each: polling a condition (`until`), retrying an
- * action that may reject for a while (`retryUntilResolved`), sleeping to a point on the
- * monotonic clock (`sleepUntil`), and a promise settled from outside (`deferred`). Times are
- * `performance.now()` milliseconds.
+ * Waiting in tests and benchmarks, one way each: polling a condition (`until`), bounding a
+ * promise (`within`), retrying an action that may reject for a while (`retryUntilResolved`),
+ * sleeping to a point on the monotonic clock (`sleepUntil`), and a promise settled from outside
+ * (`deferred`). Times are `performance.now()` milliseconds.
  */
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -45,6 +45,19 @@ export async function until<T> (what: string, check: () => Pending<T> | Promise<
       assert.fail(`timed out after ${deadlineMs} ms waiting until ${what}${detail}`)
     }
     await sleep(pauseMs)
+  }
+}
+
+/** Settles as `promise` does, unless `ms` pass first: then fails the test, naming `what`. */
+export async function within<T> (what: string, promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new assert.AssertionError({ message: `timed out after ${ms} ms waiting until ${what}` })), ms)
+  })
+  try {
+    return await Promise.race([promise, late])
+  } finally {
+    clearTimeout(timer)
   }
 }
 
