@@ -13,47 +13,34 @@
  *   authenticated (and spoke TLS) and hears the invalidation channel.
  */
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import type { RedisOptions } from 'ioredis'
 import { requestPathCommandCalls } from './helpers/command-stats'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
 import {
   aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, type AclUser
 } from './helpers/redis-topologies'
-import { KeySource, record } from './helpers/key-source'
+import { record } from './helpers/key-source'
 import {
-  AppSet, HEALTHY_BOUND_MS, newTestKey, now, request, SHARED_BACKENDS, type ScenarioApp
+  HEALTHY_BOUND_MS, newTestKey, now, request, SHARED_BACKENDS, startPair, type ScenarioApp
 } from './helpers/production-redis'
 import { sleepUntil, until } from './helpers/wait'
 
 describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-cache:* +@all -@dangerous +info)', () => {
-  let server: RedisServer
-  let admin: Redis
+  const redis = usePrivateRedis()
   let user: AclUser
 
   before(async () => {
-    server = await startRedis()
-    admin = server.client()
-    user = await createLeastPrivilegeUser(admin)
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
+    user = await createLeastPrivilegeUser(redis.admin)
   })
 
   for (const backend of SHARED_BACKENDS) {
     test(`${backend}: every feature works and ACL LOG stays empty`, { timeout: 60_000 }, async (t) => {
-      await resetAclLog(admin)
-      const source = new KeySource()
-      const apps = new AppSet()
-      t.after(() => apps.closeAll())
-      const options: RedisOptions = { ...server.connectionOptions(), username: user.username, password: user.password }
-      const a = await apps.start({ name: 'A', backend, redis: appClient(options), source })
-      const b = await apps.start({ name: 'B', backend, redis: appClient(options), source })
-      const pair: ScenarioApp[] = [a, b]
+      await resetAclLog(redis.admin)
+      const options: RedisOptions = { ...redis.server.connectionOptions(), username: user.username, password: user.password }
+      const { source, a, b, pair } = await startPair(t, backend, () => appClient(options))
       const failures: string[] = []
       const step = async (what: string, run: () => Promise<void>): Promise<void> => {
         try {
@@ -127,7 +114,7 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       }
       // Heartbeats and subscriptions keep going: give them a moment to be refused, if they are.
       await sleep(1000)
-      const log = await aclLog(admin)
+      const log = await aclLog(redis.admin)
       if (log.length > 0) {
         failures.push(`ACL LOG: ${log.map((entry) => `${entry.reason} ${entry.context} "${entry.object}" by ${entry.username} (x${entry.count})`).join('; ')}`)
       }
@@ -140,13 +127,8 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
  * A tiered app A and B on `server`, with clients made from `options`: B serves a key from process
  * memory (a hit that sends no request-path command to Redis), then refuses it once A deleted it.
  */
-async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) => void, diagnostic: (message: string) => void },
-  admin: Redis, options: RedisOptions): Promise<void> {
-  const source = new KeySource()
-  const apps = new AppSet()
-  t.after(() => apps.closeAll())
-  const a = await apps.start({ name: 'A', backend: 'tiered', redis: appClient(options), source })
-  const b = await apps.start({ name: 'B', backend: 'tiered', redis: appClient(options), source })
+async function hitsAndCrossAppRevocation (t: TestContext, admin: Redis, options: RedisOptions): Promise<void> {
+  const { source, a, b } = await startPair(t, 'tiered', () => appClient(options))
 
   const { key, hash } = newTestKey('conn')
   source.answer(hash, record('conn'))
@@ -172,40 +154,18 @@ async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) 
 }
 
 describe('requirepass: a tiered app and its own subscriber connection authenticate', () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startPasswordRedis()
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis(startPasswordRedis)
 
   test('hits from process memory; a delete in one app is refused by the other within the bound', { timeout: 60_000 }, async (t) => {
-    await hitsAndCrossAppRevocation(t, admin, server.connectionOptions())
+    await hitsAndCrossAppRevocation(t, redis.admin, redis.server.connectionOptions())
   })
 })
 
 describe('TLS (with a password): a tiered app and its own subscriber connection speak TLS', () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startTlsRedis({ password: 'tls-secret' })
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis(() => startTlsRedis({ password: 'tls-secret' }))
 
   test('hits from process memory; a delete in one app is refused by the other within the bound', { timeout: 60_000 }, async (t) => {
-    assert.match(server.url, /^rediss:/)
-    await hitsAndCrossAppRevocation(t, admin, server.connectionOptions())
+    assert.match(redis.server.url, /^rediss:/)
+    await hitsAndCrossAppRevocation(t, redis.admin, redis.server.connectionOptions())
   })
 })

@@ -12,9 +12,9 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ReplicatedCluster, waitReplicated } from './helpers/redis-topologies'
-import { KeySource, record } from './helpers/key-source'
+import { record } from './helpers/key-source'
 import {
-  AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, type ScenarioApp, type TestKey
+  FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, startPair, type TestKey
 } from './helpers/production-redis'
 import { retryUntilResolved } from './helpers/wait'
 
@@ -35,13 +35,8 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
 
   for (const [index, backend] of SHARED_BACKENDS.entries()) {
     test(`${backend}: revocations acknowledged by the master that loses them stay revoked after the takeover`, { timeout: 120_000 }, async (t) => {
-      const source = new KeySource()
       const ledger = new RevocationLedger()
-      const apps = new AppSet()
-      t.after(() => apps.closeAll())
-      const a = await apps.start({ name: 'A', backend, redis: cluster.cluster(), source, apiKeys: { keyPrefix: KEY_PREFIX } })
-      const b = await apps.start({ name: 'B', backend, redis: cluster.cluster(), source, apiKeys: { keyPrefix: KEY_PREFIX } })
-      const pair: ScenarioApp[] = [a, b]
+      const { source, a, pair } = await startPair(t, backend, () => cluster.cluster(), { keyPrefix: KEY_PREFIX })
 
       const shard = (await cluster.shards())[index]!
       // Keys whose records (`${keyPrefix}${hash}`, CONTRACT section 3) live in the shard that will lose writes.

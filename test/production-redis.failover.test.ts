@@ -16,10 +16,8 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SentinelTopology, waitReplicated, type FailoverResult } from './helpers/redis-topologies'
-import { KeySource, record } from './helpers/key-source'
-import {
-  AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, type ScenarioApp, type TestKey
-} from './helpers/production-redis'
+import { record } from './helpers/key-source'
+import { FAULT_BOUND_MS, newTestKey, now, RevocationLedger, startPair, type TestKey } from './helpers/production-redis'
 import { retryUntilResolved } from './helpers/wait'
 
 const VALID_KEYS = 4
@@ -41,13 +39,8 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
   })
 
   test('revocations before, during and after SENTINEL FAILOVER stay revoked on both apps; no 5xx; credentialStore.update works after', { timeout: 240_000 }, async (t) => {
-    const source = new KeySource()
     const ledger = new RevocationLedger()
-    const apps = new AppSet()
-    t.after(() => apps.closeAll())
-    const a = await apps.start({ name: 'A', backend: 'tiered', redis: topology.client(), source })
-    const b = await apps.start({ name: 'B', backend: 'tiered', redis: topology.client(), source })
-    const pair: ScenarioApp[] = [a, b]
+    const { source, a, b, pair } = await startPair(t, 'tiered', () => topology.client())
 
     const valid: TestKey[] = []
     for (let i = 0; i < VALID_KEYS; i++) {

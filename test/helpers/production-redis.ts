@@ -4,10 +4,11 @@
  * and a ledger that judges every answer against the revocations that resolved before it.
  */
 import assert from 'node:assert/strict'
+import type { TestContext } from 'node:test'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
 import fastifyAuthCache, { generateApiKey, type FastifyAuthCacheOptions } from '../../lib'
-import type { KeySource } from './key-source'
+import { KeySource } from './key-source'
 
 export type SharedBackend = 'redis' | 'tiered'
 export const SHARED_BACKENDS: SharedBackend[] = ['redis', 'tiered']
@@ -74,6 +75,27 @@ export class AppSet {
     await Promise.all(this.apps.splice(0).map(({ app }) => app.close().catch(() => {})))
     for (const client of this.clients.splice(0)) client.disconnect()
   }
+}
+
+export interface AppPair {
+  source: KeySource
+  a: ScenarioApp
+  b: ScenarioApp
+  pair: ScenarioApp[]
+}
+
+/**
+ * Two processes of one deployment, apps A and B, each with a client of its own from `client()`,
+ * asking one source of truth; closed after the test.
+ */
+export async function startPair (t: TestContext, backend: SharedBackend, client: () => Redis | Cluster,
+  apiKeys?: AppSettings['apiKeys']): Promise<AppPair> {
+  const source = new KeySource()
+  const apps = new AppSet()
+  t.after(() => apps.closeAll())
+  const a = await apps.start({ name: 'A', backend, redis: client(), source, apiKeys })
+  const b = await apps.start({ name: 'B', backend, redis: client(), source, apiKeys })
+  return { source, a, b, pair: [a, b] }
 }
 
 export interface Answer {

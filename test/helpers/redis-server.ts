@@ -156,12 +156,15 @@ export interface PrivateRedis {
   readonly admin: Redis
 }
 
-/** One private server for a whole test file, started before its first test and destroyed after its last. */
-export function usePrivateRedis (): PrivateRedis {
+/**
+ * One private server for a whole test file, or for the suite this is called in: started (by
+ * `start`, a plain `startRedis()` unless told) before its first test and destroyed after its last.
+ */
+export function usePrivateRedis (start: () => Promise<RedisServer> = () => startRedis()): PrivateRedis {
   let server: RedisServer | undefined
   let admin: Redis | undefined
   before(async () => {
-    server = await startRedis()
+    server = await start()
     admin = server.client()
   })
   after(async () => {
