@@ -1,17 +1,14 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { join } from 'node:path'
-import { describe, test } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type Redis from 'ioredis'
 import { generateApiKey, hashApiKey, isWellFormedApiKey, type BackendName } from '../lib'
 import { buildExampleApp, KEY_PREFIX, type ExampleApp } from '../examples/app'
 import { KeyTable } from '../examples/key-table'
+import { Script } from './helpers/child-process'
 import { usePrivateRedis } from './helpers/redis-server'
 import { until } from './helpers/wait'
-
-const ROOT = join(__dirname, '..')
 
 function whoami (app: FastifyInstance, key?: string): Promise<LightMyRequestResponse> {
   return app.inject({ method: 'GET', url: '/whoami', headers: key === undefined ? {} : { 'x-api-key': key } })
@@ -181,40 +178,16 @@ describe('example app', () => {
   })
 
   describe('examples/server.ts as a process', () => {
-    interface Server { child: ChildProcess, output: () => string, base: string, key: string, keyId: string }
+    interface Server { script: Script, output: () => string, base: string, key: string, keyId: string }
 
-    async function startServer (t: { after: (fn: () => Promise<void>) => void }, env: Record<string, string>): Promise<Server> {
+    async function startServer (t: TestContext, env: Record<string, string>): Promise<Server> {
       const childEnv: NodeJS.ProcessEnv = { ...process.env, HOST: '127.0.0.1', PORT: '0', ...env }
       // The developer's own Redis must never be touched by the test.
       if (env.REDIS_URL === undefined) delete childEnv.REDIS_URL
       if (env.BACKEND === undefined) delete childEnv.BACKEND
-      const child = spawn(process.execPath, ['--import', 'tsx', join('examples', 'server.ts')], {
-        cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe']
-      })
-      let output = ''
-      child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-      child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-      t.after(async () => {
-        if (child.exitCode === null && child.signalCode === null) {
-          const exited = once(child, 'exit')
-          child.kill('SIGKILL')
-          await exited
-        }
-      })
-      const printed = /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/
-      await until('the server printed its curl lines', async () => {
-        if (child.exitCode !== null) assert.fail(`server exited with ${child.exitCode}:\n${output}`)
-        return printed.test(output)
-      }, 30_000)
-      const [, key, base, keyId] = printed.exec(output)!
-      return { child, output: () => output, base, key, keyId }
-    }
-
-    async function stopServer (server: Server): Promise<void> {
-      const exited = once(server.child, 'exit')
-      server.child.kill('SIGTERM')
-      const [code] = await exited
-      assert.equal(code, 0, `graceful shutdown:\n${server.output()}`)
+      const script = Script.run(t, join('examples', 'server.ts'), childEnv)
+      const [, key, base, keyId] = await script.printed('the server printed its curl lines', /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/, 30_000)
+      return { script, output: () => script.output(), base, key, keyId }
     }
 
     test('prints ready-to-paste curl lines and answers them over HTTP (memory)', async (t) => {
@@ -254,7 +227,7 @@ describe('example app', () => {
       assert.equal(revoked.status, 204)
       assert.equal((await fetch(`${base}/whoami`, { headers: { 'x-api-key': key } })).status, 401)
 
-      await stopServer(server)
+      await server.script.terminate()
       const lines = server.output().split('\n')
       const logLines = lines.filter((line) => line.startsWith('{'))
       assert.ok(logLines.some((line) => JSON.parse(line).msg === 'API key revoked'), 'it logs at info')
@@ -276,7 +249,7 @@ describe('example app', () => {
         const stats = await (await fetch(`${server.base}/stats`, { headers })).json() as { backend: string }
         assert.equal(stats.backend, backend)
         assert.equal(await redis.admin.exists(`apikey:${hashApiKey(server.key)}`), 1, 'the cache lives in the private Redis')
-        await stopServer(server)
+        await server.script.terminate()
       }
     })
   })

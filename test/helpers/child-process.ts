@@ -1,5 +1,5 @@
 /**
- * How the tests and the benchmarks drive child processes, over Node's IPC channel:
+ * How the tests and the benchmarks drive child processes over Node's IPC channel:
  *
  * - parent to child: a call `{ id, cmd, args }` gets exactly one answer, `{ id, ok: true, value }`
  *   or `{ id, ok: false, error, code }`; a notice `{ cmd, args }` (no id) gets none;
@@ -8,11 +8,14 @@
  * - the parent closing the channel, or going away, makes the child run its shutdown and exit.
  *
  * The parent's side is `Child`, the child's `answerParent` and `tellParent`. A child is a .ts
- * file run under tsx.
+ * file run under tsx. `Script` runs one without a channel, as a user would (the examples).
  */
+import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { join } from 'node:path'
+import type { TestContext } from 'node:test'
+import { until } from './wait'
 
 export interface ChildEvent { event: string, [field: string]: any }
 
@@ -258,4 +261,50 @@ export function tellParent (event: string, fields: Record<string, unknown> = {})
 
 function send (message: Answer | ChildEvent): void {
   if (process.connected) process.send!(message)
+}
+
+/**
+ * A .ts file run under tsx as a user runs it, without an IPC channel: its stdout and stderr
+ * gathered in one text. Killed (SIGKILL) after the test unless it ended before.
+ */
+export class Script {
+  private text = ''
+
+  private constructor (readonly process: ChildProcess) {
+    process.stdout!.on('data', (chunk: Buffer) => { this.text += chunk.toString() })
+    process.stderr!.on('data', (chunk: Buffer) => { this.text += chunk.toString() })
+  }
+
+  /** `file` relative to the repository's root; `env` is the whole environment. */
+  static run (t: TestContext, file: string, env: NodeJS.ProcessEnv): Script {
+    const script = new Script(spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }))
+    t.after(async () => {
+      const child = script.process
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = once(child, 'exit')
+      child.kill('SIGKILL')
+      await exited
+    })
+    return script
+  }
+
+  output (): string {
+    return this.text
+  }
+
+  /** The match of `pattern` once the output has one; fails when the process exits first, or after `deadlineMs`. */
+  async printed (what: string, pattern: RegExp, deadlineMs: number): Promise<RegExpExecArray> {
+    return await until(what, () => {
+      if (this.process.exitCode !== null) assert.fail(`${what}: it exited with ${this.process.exitCode} first:\n${this.text}`)
+      return pattern.exec(this.text) ?? undefined
+    }, deadlineMs)
+  }
+
+  /** SIGTERM, and a clean exit (code 0) expected. */
+  async terminate (): Promise<void> {
+    const exited = once(this.process, 'exit')
+    this.process.kill('SIGTERM')
+    const [code, signal] = await exited
+    assert.equal(code, 0, `a clean exit on SIGTERM (signal ${signal}):\n${this.text}`)
+  }
 }

@@ -1,5 +1,6 @@
 import type { TestContext } from 'node:test'
-import Fastify from 'fastify'
+import fastifyRedis from '@fastify/redis'
+import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyAuthCache, { type CredentialsOptions, type CredentialStore, type FastifyAuthCacheOptions } from '../../lib'
 import type { RedisServer } from './redis-server'
 
@@ -21,4 +22,22 @@ export async function openCredentialStore<T = unknown> (t: TestContext, redis: R
   await app.ready()
   t.after(() => app.close())
   return app.credentialStore as CredentialStore<T>
+}
+
+/**
+ * For a child process that stands for another process of the deployment: a ready app with the
+ * API-key hook off, on @fastify/redis (REDIS_URL, one retry per command), its credentials under
+ * KEY_PREFIX. The caller closes it.
+ */
+export async function credentialAppFromEnv (): Promise<FastifyInstance> {
+  const app = Fastify()
+  await app.register(fastifyRedis, { url: process.env.REDIS_URL!, maxRetriesPerRequest: 1 })
+  await app.register(fastifyAuthCache, {
+    backend: 'redis',
+    strict: true,
+    apiKeys: { hook: false },
+    credentials: { keyPrefix: process.env.KEY_PREFIX! }
+  })
+  await app.ready()
+  return app
 }
