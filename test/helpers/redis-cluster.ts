@@ -36,6 +36,15 @@ export async function run (command: string, args: string[], timeoutMs: number): 
   }
 }
 
+/** Joins the nodes on `ports` into one cluster, the first ones masters, each with `replicas` replicas. */
+export async function createCluster (ports: number[], replicas: number, timeoutMs: number): Promise<void> {
+  const created = await run('redis-cli', [
+    '--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`),
+    '--cluster-replicas', String(replicas), '--cluster-yes'
+  ], timeoutMs)
+  if (created.code !== 0) throw new Error(`redis-cli --cluster create exited with ${created.code}: ${created.output.trim()}`)
+}
+
 /** A node's own view, through a short-lived connection that never queues or retries. */
 export async function probe<T> (port: number, ask: (client: Redis) => Promise<T>): Promise<T | undefined> {
   const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null })
@@ -68,11 +77,7 @@ export class RedisCluster {
     try {
       for (let i = 0; i < MASTERS; i++) this.nodes.push(await this.spawnNode())
       await Promise.all(this.nodes.map((node) => this.waitForPing(node)))
-      const created = await run('redis-cli', [
-        '--cluster', 'create', ...this.ports.map((port) => `127.0.0.1:${port}`),
-        '--cluster-replicas', '0', '--cluster-yes'
-      ], START_TIMEOUT_MS)
-      if (created.code !== 0) throw new Error(`redis-cli --cluster create exited with ${created.code}: ${created.output.trim()}`)
+      await createCluster(this.ports, 0, START_TIMEOUT_MS)
       await this.waitForClusterOk()
       return this
     } catch (err) {

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
-import { probe, run } from './redis-cluster'
+import { createCluster, probe, run } from './redis-cluster'
 import { freePort, RedisServer, type RedisServerOptions, type TlsFiles } from './redis-server'
 import { until, type UntilOptions } from './wait'
 
@@ -640,11 +640,7 @@ export class ReplicatedCluster {
         ]))
       }
       await Promise.all(this.nodes.map((node) => node.waitForPing()))
-      const created = await run('redis-cli', [
-        '--cluster', 'create', ...this.ports.map((port) => `127.0.0.1:${port}`),
-        '--cluster-replicas', '1', '--cluster-yes'
-      ], START_TIMEOUT_MS)
-      if (created.code !== 0) throw new Error(`redis-cli --cluster create exited with ${created.code}: ${created.output.trim()}`)
+      await createCluster(this.ports, 1, START_TIMEOUT_MS)
       await this.waitUntilSettled()
       return this
     } catch (err) {
