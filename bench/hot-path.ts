@@ -3,9 +3,11 @@ import Redis from 'ioredis'
 import { hashApiKey } from '../lib'
 import { createMemoryStore } from '../lib/api-key-cache/memory-store'
 import type { ApiKeyStore } from '../lib/api-key-cache/store'
+import { channelName, InvalidationBus } from '../lib/api-key-cache/invalidation-bus'
 import { createTieredStore } from '../lib/api-key-cache/tiered-store'
 import { ioredisAdapter } from '../lib/redis/ioredis-adapter'
 import { RedisGuard } from '../lib/redis/guard'
+import { createTelemetry } from '../lib/telemetry'
 import { startRedis } from '../test/helpers/redis-server'
 import { benchKeys } from './keys'
 import { median } from './percentiles'
@@ -51,26 +53,34 @@ function opsPerSecond (operation: (i: number) => void): number {
 async function storeFor (backend: 'memory' | 'tiered', keys: string[], redisUrl: string): Promise<{ store: ApiKeyStore, close: () => Promise<void> }> {
   const max = Math.max(10_000, keys.length * 2)
   if (backend === 'memory') {
-    const store = createMemoryStore(max)
+    const store = createMemoryStore(max, 0)
     for (const [i, key] of keys.entries()) await store.set(hashApiKey(key), { id: `key-${i}`, active: true }, 3_600_000)
     return { store, close: () => store.close() }
   }
   const redis = new Redis(redisUrl)
   const log = Fastify().log
+  const adapter = ioredisAdapter(redis)
+  const guard = new RedisGuard(1000, log)
+  const keyPrefix = `bench:hot:${keys.length}:`
+  const bus = new InvalidationBus({ redis: adapter, channel: channelName(adapter, keyPrefix), guard, log })
+  bus.start()
   const store = createTieredStore({
-    redis: ioredisAdapter(redis),
-    keyPrefix: `bench:hot:${keys.length}:`,
+    bus,
+    redis: adapter,
+    keyPrefix,
     max,
-    guard: new RedisGuard(1000, log),
+    guard,
     log,
-    revocationRetainMs: 60_000
+    revocationRetainMs: 60_000,
+    staleMs: 0,
+    telemetry: createTelemetry({ backend: 'tiered', metrics: false, entries: () => 0 })
   })
-  await store.ready(30_000)
+  await bus.whenTrusted(30_000)
   for (let start = 0; start < keys.length; start += 1000) {
     await Promise.all(keys.slice(start, start + 1000).map((key, i) =>
       store.set(hashApiKey(key), { id: `key-${start + i}`, active: true }, 3_600_000)))
   }
-  return { store, close: async () => { await store.close(); await redis.quit() } }
+  return { store, close: async () => { await store.close(); await bus.close(); await redis.quit() } }
 }
 
 async function hitRate (label: string, backend: 'memory' | 'tiered', keys: string[], redisUrl: string): Promise<HotPathFigure> {

@@ -28,6 +28,8 @@ export interface Report {
   rows: RowFigures[]
   revocation: Figure[]
   hotPath: Figure[]
+  /** credentialStore.load() per second on one thread, per backend. */
+  credentials: Figure[]
   targets: Figure[]
   loadBefore: number[]
   loadAfter: number[]
@@ -95,6 +97,10 @@ ${list(report.revocation)}
 ## Hot path on one thread (no HTTP)
 
 ${list(report.hotPath)}
+
+## Credentials: \`credentialStore.load()\` per second, one thread
+
+${list(report.credentials)}
 
 ## Targets
 

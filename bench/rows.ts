@@ -3,7 +3,7 @@ import type { BackendName } from '../lib'
 /** How a row's server authenticates the one route every row serves. */
 export type Authentication =
   | { kind: 'none' }
-  | { kind: 'plugin', backend: BackendName }
+  | { kind: 'plugin', backend: BackendName, scoped?: boolean }
   | { kind: 'bearer-auth' }
   | { kind: 'redis-get' }
 
@@ -44,6 +44,8 @@ export function benchRows (largeTable: number): Row[] {
     { label: 'bare route, no authentication', authentication: { kind: 'none' }, keys: 10, header: 'x-api-key', yardstick: true },
     plugin('memory', 10),
     plugin('memory', largeTable),
+    // A route that requires scopes every key holds: a hit must cost what it costs unscoped.
+    { ...plugin('memory', 10), label: 'fastify-auth-cache, memory, scoped route, 10 keys', authentication: { kind: 'plugin', backend: 'memory', scoped: true } },
     plugin('redis', 10),
     plugin('redis', largeTable),
     plugin('tiered', 10),

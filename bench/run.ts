@@ -9,6 +9,7 @@ import type { ApiKeyCacheStats } from '../lib'
 import { Child } from '../test/helpers/child-process'
 import { startRedis, type RedisServer } from '../test/helpers/redis-server'
 import { figuresFromResults, resultsChart } from './chart'
+import type { CredentialFigure } from './credentials'
 import type { HotPathFigure } from './hot-path'
 import { benchKeys } from './keys'
 import { RowLoad, type LoadResult, type LoadSettings } from './load'
@@ -181,6 +182,13 @@ async function hotPath (redisUrl: string): Promise<HotPathFigure[]> {
   return JSON.parse(stdout.trim().split('\n').pop()!) as HotPathFigure[]
 }
 
+async function credentialLoads (redisUrl: string): Promise<Figure[]> {
+  const { stdout } = await promisify(execFile)(process.execPath,
+    ['--import', 'tsx', join(__dirname, 'credentials.ts'), '--json', redisUrl], { cwd: ROOT, maxBuffer: 1 << 20 })
+  const figures = JSON.parse(stdout.trim().split('\n').pop()!) as CredentialFigure[]
+  return figures.map(({ label, loadsPerSecond }) => ({ label, value: `${Math.round(loadsPerSecond).toLocaleString('en-US')} loads/s` }))
+}
+
 function targets (rows: RowFigures[], revocationP99: number, hot: HotPathFigure[]): Figure[] {
   const verdict = (ok: boolean): string => ok ? 'met' : 'NOT met'
   const out: Figure[] = []
@@ -203,7 +211,7 @@ function targets (rows: RowFigures[], revocationP99: number, hot: HotPathFigure[
     out.push({ label: `${figure.label} >= 1,000,000 ops/s`, value: `${ops(figure.opsPerSecond)}, ${verdict(figure.opsPerSecond >= 1e6)}${control}` })
   }
   for (const backend of ['memory', 'redis', 'tiered']) {
-    const [small, large] = rows.filter((r) => r.label.includes(`, ${backend},`))
+    const [small, large] = rows.filter((r) => r.label.includes(`, ${backend},`) && !r.label.includes('scoped'))
     const ratio = large.requestsPerSecond / small.requestsPerSecond
     // With 10 keys, concurrent requests share Redis reads (single flight), so redis compares unlike with like.
     const caveat = backend === 'redis' ? ' (the 10-key row shares Redis reads, see notes)' : ''
@@ -249,6 +257,8 @@ async function main (): Promise<void> {
     const revocation = await measureRevocation(redis.url, REVOCATIONS)
     log('hot path')
     const hot = await hotPath(redis.url)
+    log('credential loads')
+    const credentials = await credentialLoads(redis.url)
 
     const report = {
       settings: `${ROUNDS} rounds x ${ROUND_SECONDS} s per row, every row once per round in a new random order, after a warm-up of ${WARMUP_SECONDS} s ` +
@@ -260,6 +270,7 @@ async function main (): Promise<void> {
       rows: rowFigures,
       revocation: revocation.figures,
       hotPath: formatHotPath(hot),
+      credentials,
       targets: targets(rowFigures, revocation.p99, hot),
       loadBefore,
       loadAfter: currentLoad()

@@ -97,13 +97,20 @@ async function measure (redisUrl: string, admin: Redis, instances: number): Prom
 
     let delivered = 0
     let publishedTotal = 0
-    const channels: string[] = []
+    // Channels by kind (the part of the name before a process's own id), with their subscriber counts.
+    const kinds = new Map<string, { channels: number, subscribers: Set<number> }>()
     for (const [channel, count] of published) {
       const [, subscribers] = await admin.pubsub('NUMSUB', channel) as [string, number]
       publishedTotal += count
       delivered += count * Number(subscribers)
-      channels.push(`${channel} (${subscribers} subscribers)`)
+      const kind = channel.replace(/:[0-9a-f]{16}$/, ':<instance>')
+      const entry = kinds.get(kind) ?? { channels: 0, subscribers: new Set<number>() }
+      entry.channels++
+      entry.subscribers.add(Number(subscribers))
+      kinds.set(kind, entry)
     }
+    const channels = [...kinds].map(([kind, { channels, subscribers }]) =>
+      `${channels} × ${kind} (${[...subscribers].join('/')} subscriber(s) each)`)
     const hostCpuMicros = cpuAfter.reduce((sum, cpu, i) => sum + cpu.cpuMicros - cpuBefore[i]!.cpuMicros, 0)
     return {
       instances,

@@ -13,6 +13,9 @@ import type { ServerConfig } from './rows'
 
 // Long enough that no cached record expires during a run, so every row measures steady state.
 const TTL_SECONDS = 3600
+// What a typical key holds, and what the scoped row's route asks of it.
+const HELD_SCOPES = ['orders:read', 'orders:write', 'invoices:read', 'customers:read']
+const ROUTE_SCOPES = ['orders:read', 'orders:write']
 
 class Unauthorized extends Error {
   statusCode = 401
@@ -30,7 +33,7 @@ async function build (config: ServerConfig): Promise<{ app: FastifyInstance, red
   if (auth.kind === 'plugin') {
     // The source of truth is a table in process memory: only misses reach it, and the warm-up
     // leaves none, so its speed does not show in the measured rounds.
-    const table = new Map(keys.map((key, i) => [hashApiKey(key), { id: `key-${i}`, active: true }]))
+    const table = new Map(keys.map((key, i) => [hashApiKey(key), { id: `key-${i}`, active: true, scopes: HELD_SCOPES }]))
     await app.register(fastifyAuthCache, {
       backend: auth.backend,
       strict: true,
@@ -57,7 +60,8 @@ async function build (config: ServerConfig): Promise<{ app: FastifyInstance, red
     })
   }
 
-  app.get('/', async () => ({ hello: 'world' }))
+  const scoped = auth.kind === 'plugin' && auth.scoped === true
+  app.get('/', scoped ? { config: { apiKey: { scopes: ROUTE_SCOPES } } } : {}, async () => ({ hello: 'world' }))
   return { app, redis }
 }
 

@@ -5,8 +5,12 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 // tests would then run stale compiled code; the sources are the same package.
 import fastifyAuthCache, { type BackendName } from '../lib'
 import { KeyTable, type CreatedKey } from './key-table'
+import type { PrometheusMetrics } from './metrics'
 
 export const KEY_PREFIX = 'demo'
+
+/** Every scope of the example: reading keys and counters, and creating or revoking keys. */
+export const SCOPES = ['keys:read', 'keys:write'] as const
 
 export interface ExampleAppOptions {
   /** Default: 'redis' when `redisUrl` is set, else 'memory'. */
@@ -16,13 +20,17 @@ export interface ExampleAppOptions {
   logger?: FastifyServerOptions['logger']
   /** Apps given one table behave as processes sharing one database of keys. */
   keys?: KeyTable
+  /** Serves /metrics (Prometheus text) with this handler, and turns the plugin's metrics on. */
+  metrics?: PrometheusMetrics
 }
 
 export interface ExampleApp {
   app: FastifyInstance
   keys: KeyTable
-  /** Seeded at start so that the routes can be tried at once. */
+  /** Seeded at start so that the routes can be tried at once: scopes keys:read and keys:write. */
   demoKey: CreatedKey
+  /** Seeded too, with keys:read only: creating or revoking keys with it answers 403. */
+  readOnlyKey: CreatedKey
 }
 
 const keyView = {
@@ -33,29 +41,47 @@ const keyView = {
 
 export async function buildExampleApp (options: ExampleAppOptions = {}): Promise<ExampleApp> {
   const keys = options.keys ?? new KeyTable(KEY_PREFIX)
-  const demoKey = keys.create('demo')
+  const demoKey = keys.create('demo', [...SCOPES])
+  const readOnlyKey = keys.create('read-only', ['keys:read'])
   const app = Fastify({ logger: options.logger ?? false })
 
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
   await app.register(fastifyAuthCache, {
     backend: options.backend ?? (options.redisUrl !== undefined ? 'redis' : 'memory'),
+    metrics: options.metrics !== undefined,
     apiKeys: {
       lookup: (keyHash) => keys.find(keyHash) ?? null,
       // Junk and mistyped keys are refused before they cost a cache access or a lookup.
-      format: { prefix: KEY_PREFIX }
+      format: { prefix: KEY_PREFIX },
+      // Once a minute, and at shutdown: how often each key was used (ids and counts, never keys).
+      onUsage: (batch) => {
+        app.log.info({ usage: batch.map(({ id, count, lastUsedAt }) => ({ id, count, lastUsedAt })) }, 'API key usage')
+      }
     }
   })
+  const canWrite = { apiKey: { scopes: ['keys:write'] } }
 
   app.get('/health', { config: { apiKey: false } }, async () => ({ status: 'ok' }))
+  const metrics = options.metrics
+  if (metrics !== undefined) {
+    app.get('/metrics', { config: { apiKey: false } }, (request, reply) => {
+      reply.hijack()
+      metrics.handle(request.raw, reply.raw)
+    })
+  }
 
   // The response schema is an allow-list: nothing else of the record reaches the client.
   app.get('/whoami', { schema: { response: { 200: keyView } } }, async (request) => request.apiKey)
 
-  app.post<{ Body: { name: string } }>('/keys', {
+  app.post<{ Body: { name: string, scopes?: string[] } }>('/keys', {
+    config: canWrite,
     schema: {
       body: {
         type: 'object',
-        properties: { name: { type: 'string', minLength: 1, maxLength: 100 } },
+        properties: {
+          name: { type: 'string', minLength: 1, maxLength: 100 },
+          scopes: { type: 'array', items: { enum: SCOPES }, uniqueItems: true }
+        },
         required: ['name'],
         additionalProperties: false
       },
@@ -68,12 +94,13 @@ export async function buildExampleApp (options: ExampleAppOptions = {}): Promise
       }
     }
   }, async (request, reply) => {
-    const created = keys.create(request.body.name)
+    // A new key may read unless it is given more.
+    const created = keys.create(request.body.name, request.body.scopes ?? ['keys:read'])
     request.log.info({ keyId: created.id, by: request.apiKey.id }, 'API key created')
     return reply.code(201).send(created)
   })
 
-  app.delete<{ Params: { id: string } }>('/keys/:id', async (request, reply) => {
+  app.delete<{ Params: { id: string } }>('/keys/:id', { config: canWrite }, async (request, reply) => {
     const hash = keys.revoke(request.params.id)
     if (hash === undefined) return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'No such key' })
     // The table first: a lookup racing with this delete must already read the revoked row.
@@ -82,7 +109,7 @@ export async function buildExampleApp (options: ExampleAppOptions = {}): Promise
     return reply.code(204).send()
   })
 
-  app.get('/stats', async () => ({ backend: app.apiKeyCache.backend, ...app.apiKeyCache.stats() }))
+  app.get('/stats', { config: { apiKey: { scopes: ['keys:read'] } } }, async () => ({ backend: app.apiKeyCache.backend, ...app.apiKeyCache.stats() }))
 
-  return { app, keys, demoKey }
+  return { app, keys, demoKey, readOnlyKey }
 }

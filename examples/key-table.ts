@@ -6,6 +6,8 @@ export interface StoredKey extends BaseApiKeyRecord {
   name: string
   active: boolean
   createdAt: number
+  /** What the key may do; routes list the scopes they need. */
+  scopes: string[]
 }
 
 export interface CreatedKey {
@@ -28,10 +30,10 @@ export class KeyTable {
     this.prefix = prefix
   }
 
-  create (name: string): CreatedKey {
+  create (name: string, scopes: readonly string[] = []): CreatedKey {
     const { key, hash } = generateApiKey({ prefix: this.prefix })
     const id = `key_${randomBytes(8).toString('hex')}`
-    this.byHash.set(hash, { id, name, active: true, createdAt: Date.now() })
+    this.byHash.set(hash, { id, name, active: true, createdAt: Date.now(), scopes: [...scopes] })
     this.hashById.set(id, hash)
     return { id, name, key }
   }
@@ -42,7 +44,7 @@ export class KeyTable {
    */
   find (hash: string): StoredKey | undefined {
     const row = this.byHash.get(hash)
-    return row === undefined ? undefined : { ...row }
+    return row === undefined ? undefined : { ...row, scopes: [...row.scopes] }
   }
 
   /** Marks the key revoked; answers its hash, for the cache, or undefined for an unknown id. */

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net'
 import { buildExampleApp } from './app'
+import { startPrometheus } from './metrics'
 import type { CreatedKey } from './key-table'
 import type { BackendName } from '../lib'
 
@@ -14,7 +15,7 @@ function baseUrl (address: AddressInfo): string {
   return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${address.port}`
 }
 
-function curlLines (base: string, demo: CreatedKey): string[] {
+function curlLines (base: string, demo: CreatedKey, readOnly: CreatedKey): string[] {
   const auth = `-H 'x-api-key: ${demo.key}'`
   return [
     '# open route',
@@ -27,13 +28,18 @@ function curlLines (base: string, demo: CreatedKey): string[] {
     `curl -i -X POST ${auth} -H 'content-type: application/json' -d '{"name":"my-client"}' ${base}/keys`,
     '# cache counters',
     `curl -s ${auth} ${base}/stats`,
+    '# Prometheus metrics (when @opentelemetry/exporter-prometheus is installed)',
+    `curl -s ${base}/metrics`,
+    '# the read-only key (scope keys:read) may not create keys: 403, WWW-Authenticate names the scope it lacks',
+    `curl -i -X POST -H 'x-api-key: ${readOnly.key}' -H 'content-type: application/json' -d '{"name":"my-client"}' ${base}/keys`,
     '# revoke a key by id; this one is the demo key, so /whoami with it answers 401 right after',
     `curl -i -X DELETE ${auth} ${base}/keys/${demo.id}`
   ]
 }
 
 async function main (): Promise<void> {
-  const { app, demoKey } = await buildExampleApp({
+  const { app, demoKey, readOnlyKey } = await buildExampleApp({
+    metrics: await startPrometheus(),
     redisUrl,
     backend: redisUrl !== undefined ? (process.env.BACKEND as BackendName | undefined) : undefined,
     logger: { level: 'info' }
@@ -45,9 +51,9 @@ async function main (): Promise<void> {
   }
   await app.listen({ host, port })
   // Printed for the person at the terminal, never through the logger: log lines get shipped
-  // and kept, and this key is a throwaway made for this run only.
+  // and kept, and these keys are throwaways made for this run only.
   const base = baseUrl(app.server.address() as AddressInfo)
-  process.stdout.write(`\nfastify-auth-cache example, backend "${app.apiKeyCache.backend}". Try:\n\n${curlLines(base, demoKey).join('\n')}\n\n`)
+  process.stdout.write(`\nfastify-auth-cache example, backend "${app.apiKeyCache.backend}". Try:\n\n${curlLines(base, demoKey, readOnlyKey).join('\n')}\n\n`)
 }
 
 main().catch((err: unknown) => {

@@ -16,6 +16,9 @@ export const ApiKeyMissingError = createError<[]>(
 export const ApiKeyInvalidError = createError<[]>(
   'FST_API_KEY_INVALID', 'Invalid API key', 401, TypeError, NO_STACK)
 
+export const ApiKeyForbiddenError = createError<[]>(
+  'FST_API_KEY_FORBIDDEN', 'API key lacks a scope this route requires', 403, Error, NO_STACK)
+
 export const ApiKeyLookupFailedError = createError<[]>(
   'FST_API_KEY_LOOKUP_FAILED', 'API key could not be verified, try again later', 503, Error, NO_STACK)
 

@@ -16,8 +16,12 @@ declare module 'fastify' {
     apiKey: ApiKeyRecord
   }
   interface FastifyContextConfig {
-    /** `false` opts the route out of API-key authentication. */
-    apiKey?: boolean
+    /**
+     * `false` opts the route out of API-key authentication; `true` or absent authenticates;
+     * `{ scopes }` also requires every listed scope of the key's record (else 403). (`& object`
+     * keeps a string from passing where Fastify infers the route's config type from its value.)
+     */
+    apiKey?: boolean | ({ scopes?: readonly string[] } & object)
   }
 }
 
@@ -26,6 +30,8 @@ export { hashApiKey } from './api-keys/hash'
 export { generateApiKey, isWellFormedApiKey, type GeneratedApiKey } from './api-keys/key-format'
 export { jsonSerializer, type CredentialSerializer, type SerializerContext } from './credentials/serializer'
 export { encryptedSerializer, type EncryptionKeys } from './credentials/encrypted-serializer'
+export { rateLimitByApiKey, type ApiKeyRateLimit, type RateLimitByApiKeyOptions } from './rate-limit/rate-limit-by-api-key'
+export type { ApiKeyUsage, UsageReporter } from './usage/usage-recorder'
 export type { ApiKeyCache } from './api-key-cache/api-key-cache'
 export type { ApiKeyCacheStats } from './api-key-cache/stats'
 export type { CredentialStore, UpdateOptions } from './credentials/credential-store'

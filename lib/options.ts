@@ -3,6 +3,7 @@ import { assertKeyPrefix } from './api-keys/key-format'
 import { jsonSerializer, type SerializerContext } from './credentials/serializer'
 import { InvalidOptionError } from './errors'
 import type { ApiKeyRecord, BackendName, Credential } from './types'
+import type { UsageReporter } from './usage/usage-recorder'
 
 /** The source of truth behind the cache, asked with the key's SHA-256, never the key. */
 export type ApiKeyLookup = (keyHash: string, request: FastifyRequest) =>
@@ -58,6 +59,38 @@ export interface ApiKeysOptions {
    * @default undefined (any key)
    */
   format?: { prefix: string }
+  /**
+   * Milliseconds a `lookup` may take. A slower one counts as failed for the requests waiting
+   * on it (a 503, or a stale record with `staleIfErrorSeconds`); its late answer is not cached.
+   * @default 5000
+   */
+  lookupTimeoutMs?: number
+  /**
+   * When `lookup` fails, a record whose cached life ended less than this many seconds ago is
+   * served instead of a 503, if it was active, its `expiresAt` has not passed, and no
+   * `delete`/`clear` removed it. Entries then live this much longer in memory and in Redis.
+   * @default 0 (off)
+   */
+  staleIfErrorSeconds?: number
+  /**
+   * A hit on a record with less than this many seconds left of its cached life starts one
+   * background `lookup` that renews it; the request does not wait.
+   * @default 0 (off)
+   */
+  refreshAheadSeconds?: number
+  /**
+   * Called off the request path, at most once per `usageFlushMs` per process, with
+   * `[{ keyHash, id, count, lastUsedAt }]` for every key that passed authentication and the
+   * route's scopes since the previous call. A batch whose call throws, rejects or is still
+   * running at close is merged into the next; at most `max` keys are held between calls.
+   * @default undefined (no usage is counted)
+   */
+  onUsage?: UsageReporter
+  /**
+   * Milliseconds between two `onUsage` calls; the last batch is also flushed on close.
+   * @default 60000
+   */
+  usageFlushMs?: number
 }
 
 export interface CredentialsOptions<T = Credential> {
@@ -101,7 +134,8 @@ export interface FastifyAuthCacheOptions {
    */
   backend?: BackendName
   /**
-   * An `@fastify/redis` namespace, or an ioredis `Redis`/`Cluster` client. Never closed by the plugin.
+   * An `@fastify/redis` namespace, or a client: an ioredis or iovalkey `Redis`/`Cluster`, or a node-redis
+   * `createClient`/`createCluster` client (connected by the user). Never closed by the plugin.
    * @default fastify.redis
    */
   redis?: string | object
@@ -116,6 +150,13 @@ export interface FastifyAuthCacheOptions {
    * @default 100
    */
   redisTimeoutMs?: number
+  /**
+   * Record OpenTelemetry instruments on the global meter `fastify-auth-cache` (needs
+   * `@opentelemetry/api`): `fastify_auth_cache.requests`, `.lookup.duration`, `.invalidations`,
+   * `.entries`.
+   * @default false
+   */
+  metrics?: boolean
   apiKeys?: ApiKeysOptions
   credentials?: CredentialsOptions
 }
@@ -126,7 +167,8 @@ export interface ResolvedOptions {
   redis: FastifyAuthCacheOptions['redis']
   strict: boolean
   redisTimeoutMs: number
-  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format'>> & Pick<ApiKeysOptions, 'lookup' | 'format'>
+  metrics: boolean
+  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format' | 'onUsage'>> & Pick<ApiKeysOptions, 'lookup' | 'format' | 'onUsage'>
   credentials: Required<Omit<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>> & Pick<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>
 }
 
@@ -138,6 +180,7 @@ const QUOTED_SAFE = /^[^"\\\u0000-\u001f\u007f]*$/ // eslint-disable-line no-con
 type Check = (value: unknown) => boolean
 const isNumber: Check = (v) => typeof v === 'number' && Number.isFinite(v)
 const isPositive: Check = (v) => isNumber(v) && (v as number) > 0
+const isNonNegative: Check = (v) => isNumber(v) && (v as number) >= 0
 const isBoolean: Check = (v) => typeof v === 'boolean'
 const isString: Check = (v) => typeof v === 'string'
 const isFunction: Check = (v) => typeof v === 'function'
@@ -179,6 +222,7 @@ export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
     redis: options.redis,
     strict: option(options.strict, false, 'strict', isBoolean, 'must be a boolean'),
     redisTimeoutMs: option(options.redisTimeoutMs, 100, 'redisTimeoutMs', isPositive, 'must be a positive number of milliseconds'),
+    metrics: option(options.metrics, false, 'metrics', isBoolean, 'must be a boolean'),
     apiKeys: {
       lookup,
       header: option(apiKeys.header, 'x-api-key', 'apiKeys.header',
@@ -190,7 +234,14 @@ export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
       hook,
       realm: option(apiKeys.realm, 'api', 'apiKeys.realm',
         (v) => isString(v) && QUOTED_SAFE.test(v as string), 'must be a string without quotes, backslashes or control characters'),
-      format: apiKeys.format
+      format: apiKeys.format,
+      lookupTimeoutMs: option(apiKeys.lookupTimeoutMs, 5000, 'apiKeys.lookupTimeoutMs', isPositive, 'must be a positive number of milliseconds'),
+      staleIfErrorSeconds: option(apiKeys.staleIfErrorSeconds, 0, 'apiKeys.staleIfErrorSeconds', isNonNegative, 'must be a number of seconds, 0 or more'),
+      refreshAheadSeconds: option(apiKeys.refreshAheadSeconds, 0, 'apiKeys.refreshAheadSeconds', isNonNegative, 'must be a number of seconds, 0 or more'),
+      onUsage: option<UsageReporter | undefined>(apiKeys.onUsage, undefined, 'apiKeys.onUsage', isFunction, 'must be a function'),
+      // setInterval fires at once for anything longer than 2^31 - 1 ms.
+      usageFlushMs: option(apiKeys.usageFlushMs, 60_000, 'apiKeys.usageFlushMs',
+        (v) => isPositive(v) && (v as number) <= 2_147_483_647, 'must be a positive number of milliseconds, at most 2147483647')
     },
     credentials: {
       key: option(credentials.key, 'default', 'credentials.key', (v) => isString(v) && (v as string).length > 0, 'must be a non-empty string'),

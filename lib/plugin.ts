@@ -7,18 +7,22 @@ import { Resolver } from './api-key-cache/resolver'
 import { createCounters } from './api-key-cache/stats'
 import type { ApiKeyStore } from './api-key-cache/store'
 import { createTieredStore } from './api-key-cache/tiered-store'
+import { channelName, InvalidationBus } from './api-key-cache/invalidation-bus'
+import { CredentialMemory } from './credentials/credential-memory'
 import { createCredentialStore } from './credentials/credential-store'
 import { KeyedMutex } from './credentials/keyed-mutex'
 import { MemoryCredentialByteStore } from './credentials/memory-byte-store'
 import { RedisCredentialByteStore } from './credentials/redis-byte-store'
 import { InvalidOptionError, NoRedisError } from './errors'
 import { createAuthenticator } from './hook/authenticate'
-import { prepareRoute } from './hook/route-settings'
+import { createRouteSettings } from './hook/route-settings'
 import { FILL_WINDOW_MS } from './limits'
 import { resolveOptions, type FastifyAuthCacheOptions, type ResolvedOptions } from './options'
 import { adaptRedis } from './redis/adapt'
 import type { RedisAdapter } from './redis/client'
 import { RedisGuard } from './redis/guard'
+import { createTelemetry } from './telemetry'
+import { UsageRecorder } from './usage/usage-recorder'
 
 // `app.ready()` waits this long at most for the tiered backend to be able to serve from memory.
 const STARTUP_WAIT_MS = 2000
@@ -32,7 +36,7 @@ function noLookup (): never {
 function findRedis (fastify: FastifyInstance, wanted: ResolvedOptions['redis']): RedisAdapter | undefined {
   if (typeof wanted === 'object') {
     const adapter = adaptRedis(wanted)
-    if (adapter === undefined) throw new InvalidOptionError('redis', 'is not a supported Redis client (ioredis or iovalkey Redis or Cluster)')
+    if (adapter === undefined) throw new InvalidOptionError('redis', 'is not a supported Redis client (an ioredis or iovalkey Redis or Cluster, or a node-redis createClient or createCluster client)')
     return adapter
   }
   const decorated = (fastify as unknown as { redis?: Record<string, unknown> }).redis
@@ -54,50 +58,78 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   }
 
   const guard = new RedisGuard(options.redisTimeoutMs, fastify.log)
+  let store: ApiKeyStore | undefined
+  const telemetry = createTelemetry({ backend, metrics: options.metrics, entries: () => store?.entries ?? 0 })
+  const staleMs = apiKeys.staleIfErrorSeconds * 1000
   const redisSettings = {
     redis: redis!,
     keyPrefix: apiKeys.keyPrefix,
     max: apiKeys.max,
     guard,
     log: fastify.log,
-    // The longest an entry written before a revocation can live in Redis: its TTL, after a claim
-    // that may have waited for its lookup.
-    revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + FILL_WINDOW_MS
+    staleMs,
+    telemetry,
+    // The longest an entry written before a revocation can live in Redis: its TTL and stale
+    // window, after a claim that may have waited for its lookup.
+    revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + staleMs + FILL_WINDOW_MS
   }
-  let store: ApiKeyStore
+  // One invalidation channel per app, shared by the API-key cache and the credential store.
+  let bus: InvalidationBus | undefined
+  if (backend === 'tiered' || credentialsBackend === 'tiered') {
+    bus = new InvalidationBus({ redis: redis!, channel: channelName(redis!, apiKeys.keyPrefix), guard, log: fastify.log })
+    bus.start()
+  }
   if (backend === 'memory') {
-    store = createMemoryStore(apiKeys.max)
+    store = createMemoryStore(apiKeys.max, staleMs)
   } else if (backend === 'redis') {
-    store = new RedisApiKeyStore(redisSettings)
+    store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0 })
   } else {
-    const tiered = createTieredStore(redisSettings)
-    store = tiered
-    // The first requests of a new process should be memory hits, not Redis reads.
-    await tiered.ready(STARTUP_WAIT_MS)
+    store = createTieredStore({ ...redisSettings, bus: bus! })
   }
-  fastify.addHook('onClose', () => store.close())
+  if (bus !== undefined) {
+    const tieredBus = bus
+    fastify.addHook('onClose', () => tieredBus.close())
+    // The first requests of a new process should be memory hits, not Redis reads.
+    await bus.whenTrusted(STARTUP_WAIT_MS)
+  }
+  const apiKeyStore = store
+  fastify.addHook('onClose', () => apiKeyStore.close())
 
   const counters = createCounters()
-  fastify.decorate('apiKeyCache', createApiKeyCache(store, counters))
+  fastify.decorate('apiKeyCache', createApiKeyCache(apiKeyStore, counters))
   fastify.decorateRequest('apiKey', null as never)
 
+  const usage = apiKeys.onUsage === undefined
+    ? undefined
+    : new UsageRecorder({ onUsage: apiKeys.onUsage, flushMs: apiKeys.usageFlushMs, max: apiKeys.max, counters, log: fastify.log })
+  if (usage !== undefined) fastify.addHook('onClose', () => usage.close())
+
+  const scheme = apiKeys.header === 'authorization' ? 'Bearer' : 'ApiKey'
+  // Route config is read at declaration, with or without the hook: verifyApiKey enforces scopes too.
+  const routes = createRouteSettings({ scheme, realm: apiKeys.realm })
+  fastify.addHook('onRoute', routes.prepareRoute)
   const authenticator = createAuthenticator({
-    resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store, counters, log: fastify.log }),
+    resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store: apiKeyStore, counters, telemetry, log: fastify.log }),
     counters,
+    telemetry,
     header: apiKeys.header,
     realm: apiKeys.realm,
-    formatPrefix: apiKeys.format?.prefix
+    formatPrefix: apiKeys.format?.prefix,
+    routes,
+    usage
   })
   fastify.decorate('verifyApiKey', authenticator.verify)
-  if (apiKeys.hook) {
-    fastify.addHook('onRoute', prepareRoute)
-    fastify.addHook('onRequest', authenticator.hook)
-  }
+  if (apiKeys.hook) fastify.addHook('onRequest', authenticator.hook)
 
+  const credentialBus = credentialsBackend === 'tiered' ? bus : undefined
   fastify.decorate('credentialStore', createCredentialStore({
     bytes: credentialsBackend === 'memory'
       ? new MemoryCredentialByteStore()
-      : new RedisCredentialByteStore(redis!, guard, options.credentials.keyPrefix),
+      : new RedisCredentialByteStore(redis!, guard, options.credentials.keyPrefix, credentialBus && {
+        channel: credentialBus.channel,
+        changed: (key) => credentialBus.message('credential', key)
+      }),
+    memory: credentialBus && new CredentialMemory(credentialBus),
     mutex: new KeyedMutex(),
     keyPrefix: options.credentials.keyPrefix,
     key: options.credentials.key,

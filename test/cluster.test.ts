@@ -98,7 +98,8 @@ describe('Redis Cluster specifics', () => {
     app.get('/', async (request) => request.apiKey)
     await app.ready()
     assert.equal(app.apiKeyCache.backend, 'tiered')
-    assert.equal(app.credentialStore.backend, 'redis')
+    // CONTRACT section 10: the plugin's tiered backend makes the credential store tiered too.
+    assert.equal(app.credentialStore.backend, 'tiered')
 
     const key = newKey()
     source.answer(hashApiKey(key), record('via-fastify-redis'))

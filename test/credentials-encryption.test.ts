@@ -106,11 +106,11 @@ describe('encryptedSerializer on its own', () => {
   })
 })
 
-for (const backend of ['memory', 'redis'] as const) {
+for (const backend of ['memory', 'redis', 'tiered'] as const) {
   test(`encrypted credentials round trip through the ${backend} store`, async (t) => {
-    const redis = backend === 'redis' ? await startRedis() : undefined
+    const redis = backend !== 'memory' ? await startRedis() : undefined
     t.after(async () => { await redis?.destroy() })
-    const store = await openCredentialStore(t, redis, { ...encryptedSerializer({ keys: { k1 }, current: 'k1' }) })
+    const store = await openCredentialStore(t, redis, { ...encryptedSerializer({ keys: { k1 }, current: 'k1' }) }, backend)
     assert.equal(await store.load(), undefined)
     await store.save(secret)
     assert.deepEqual(await store.load(), secret)

@@ -96,6 +96,30 @@ async function walkThrough (built: ExampleApp, backend: BackendName, inspect: In
   assert.equal(stats().rejections.inactive, inactiveBefore + 1)
   assert.equal((await whoami(app, demoKey.key)).statusCode, 200, 'other keys are untouched')
 
+  // Scopes: the read-only key reads, but may neither create nor revoke keys.
+  const { readOnlyKey } = built
+  const writeChallenge = 'ApiKey realm="api", error="insufficient_scope", scope="keys:write"'
+  assert.equal((await whoami(app, readOnlyKey.key)).statusCode, 200)
+  const forbiddenBefore = stats().rejections.forbidden
+  const rowsBeforeScopes = keys.rows().length
+  const readOnlyCreate = await app.inject({ method: 'POST', url: '/keys', headers: { 'x-api-key': readOnlyKey.key }, payload: { name: 'sneaky' } })
+  assert.equal(readOnlyCreate.statusCode, 403)
+  assert.equal(readOnlyCreate.json().code, 'FST_API_KEY_FORBIDDEN')
+  assert.equal(readOnlyCreate.headers['www-authenticate'], writeChallenge)
+  const readOnlyRevoke = await app.inject({ method: 'DELETE', url: `/keys/${demoKey.id}`, headers: { 'x-api-key': readOnlyKey.key } })
+  assert.equal(readOnlyRevoke.statusCode, 403)
+  assert.equal(readOnlyRevoke.headers['www-authenticate'], writeChallenge)
+  assert.equal((await whoami(app, demoKey.key)).statusCode, 200, 'a forbidden revocation revokes nothing')
+  assert.equal(keys.rows().length, rowsBeforeScopes)
+  assert.equal(stats().rejections.forbidden, forbiddenBefore + 2)
+  // A created key reads by default; one created with keys:write may create in turn.
+  const reader = (await app.inject({ method: 'POST', url: '/keys', headers: { 'x-api-key': demoKey.key }, payload: { name: 'reader' } })).json()
+  assert.equal((await app.inject({ method: 'POST', url: '/keys', headers: { 'x-api-key': reader.key }, payload: { name: 'x' } })).statusCode, 403)
+  const writer = await app.inject({ method: 'POST', url: '/keys', headers: { 'x-api-key': demoKey.key }, payload: { name: 'writer', scopes: ['keys:read', 'keys:write'] } })
+  assert.equal(writer.statusCode, 201)
+  assert.equal((await app.inject({ method: 'POST', url: '/keys', headers: { 'x-api-key': writer.json().key }, payload: { name: 'by-writer' } })).statusCode, 201)
+  assert.equal((await app.inject({ method: 'POST', url: '/keys', headers: { 'x-api-key': demoKey.key }, payload: { name: 'admin', scopes: ['admin'] } })).statusCode, 400)
+
   const statsReply = await app.inject({ method: 'GET', url: '/stats', headers: { 'x-api-key': demoKey.key } })
   assert.equal(statsReply.statusCode, 200)
   const body = statsReply.json()
@@ -178,7 +202,7 @@ describe('example app', () => {
   })
 
   describe('examples/server.ts as a process', () => {
-    interface Server { script: Script, output: () => string, base: string, key: string, keyId: string }
+    interface Server { script: Script, output: () => string, base: string, key: string, keyId: string, readOnlyKey: string }
 
     async function startServer (t: TestContext, env: Record<string, string>): Promise<Server> {
       const childEnv: NodeJS.ProcessEnv = { ...process.env, HOST: '127.0.0.1', PORT: '0', ...env }
@@ -187,7 +211,8 @@ describe('example app', () => {
       if (env.BACKEND === undefined) delete childEnv.BACKEND
       const script = Script.run(t, join('examples', 'server.ts'), childEnv)
       const [, key, base, keyId] = await script.printed('the server printed its curl lines', /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/, 30_000)
-      return { script, output: () => script.output(), base, key, keyId }
+      const [, readOnlyKey] = /# the read-only key.*\ncurl -i -X POST -H 'x-api-key: (\S+)'/.exec(script.output())!
+      return { script, output: () => script.output(), base, key, keyId, readOnlyKey: readOnlyKey! }
     }
 
     test('prints ready-to-paste curl lines and answers them over HTTP (memory)', async (t) => {
@@ -202,6 +227,7 @@ describe('example app', () => {
         `curl -i -H 'x-api-key: ${key}' ${base}/whoami`,
         `curl -i -X POST -H 'x-api-key: ${key}' -H 'content-type: application/json' -d '{"name":"my-client"}' ${base}/keys`,
         `curl -s -H 'x-api-key: ${key}' ${base}/stats`,
+        `curl -i -X POST -H 'x-api-key: ${server.readOnlyKey}' -H 'content-type: application/json' -d '{"name":"my-client"}' ${base}/keys`,
         `curl -i -X DELETE -H 'x-api-key: ${key}' ${base}/keys/${keyId}`
       ]) {
         assert.ok(printed.split('\n').includes(line), `prints: ${line}`)
@@ -222,6 +248,15 @@ describe('example app', () => {
       const newKey: string = ((await created.json()) as { key: string }).key
       assert.equal((await fetch(`${base}/whoami`, { headers: { 'x-api-key': newKey } })).status, 200)
 
+      // The printed read-only line gets the 403 and its challenge.
+      assert.ok(isWellFormedApiKey(server.readOnlyKey, KEY_PREFIX))
+      const forbidden = await fetch(`${base}/keys`, {
+        method: 'POST', headers: { 'x-api-key': server.readOnlyKey, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'my-client' })
+      })
+      assert.equal(forbidden.status, 403)
+      assert.equal(forbidden.headers.get('www-authenticate'), 'ApiKey realm="api", error="insufficient_scope", scope="keys:write"')
+      assert.equal(((await forbidden.json()) as { code: string }).code, 'FST_API_KEY_FORBIDDEN')
+
       // The printed revocation targets the demo key itself.
       const revoked = await fetch(`${base}/keys/${keyId}`, { method: 'DELETE', headers: { 'x-api-key': key } })
       assert.equal(revoked.status, 204)
@@ -231,6 +266,12 @@ describe('example app', () => {
       const lines = server.output().split('\n')
       const logLines = lines.filter((line) => line.startsWith('{'))
       assert.ok(logLines.some((line) => JSON.parse(line).msg === 'API key revoked'), 'it logs at info')
+      // Shutdown flushes the usage of every key that passed authentication and scopes.
+      const usage = logLines.map((line) => JSON.parse(line)).filter((line) => line.msg === 'API key usage')
+      assert.equal(usage.length, 1, 'one usage report, at shutdown')
+      const counts = Object.fromEntries((usage[0].usage as Array<{ id: string, count: number }>).map(({ id, count }) => [id, count]))
+      // The demo key: /whoami, the creation and its own revocation; the 401 after it is not a use.
+      assert.equal(counts[keyId], 3)
       assert.ok(!logLines.some((line) => line.includes(key)), 'no log line holds the demo key')
       assert.ok(!server.output().includes(newKey), 'a created key is never printed or logged')
     })

@@ -63,6 +63,8 @@ interface Case {
   sent: string | undefined
   /** Sent as the whole header value, without `Bearer ` in front when the header is Authorization. */
   raw?: boolean
+  /** Default '/private'. */
+  url?: string
   status: number
   code?: string
 }
@@ -72,6 +74,8 @@ interface Observed {
   responses: string[]
   apiKeys: string[]
   lookups: string[]
+  /** What apiKeys.onUsage was given. */
+  usage: string[]
 }
 
 /** Every key and value on the server, in one text per key. */
@@ -159,6 +163,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
   const wrongScheme = leaks.add('wrong-scheme', key())
   const downValid = leaks.add('valid-while-redis-down', key())
   const downUnknown = leaks.add('unknown-while-redis-down', key())
+  const unscoped = leaks.add('lacking-a-scope', key())
 
   // The detector must see a leak when there is one, or every check below proves nothing.
   assert.throws(() => leaks.check('self-test', `{"msg":"x${valid.slice(5, 5 + FRAGMENT)}y"}`), /valid key leaked/)
@@ -168,9 +173,10 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
     [sha256(valid)]: { id: 'valid-id', active: true, plan: 'pro' },
     [sha256(inactive)]: { id: 'inactive-id', active: false },
     [sha256(expired)]: { id: 'expired-id', active: true, expiresAt: Date.now() - 60_000 },
-    [sha256(downValid)]: { id: 'down-id', active: true }
+    [sha256(downValid)]: { id: 'down-id', active: true },
+    [sha256(unscoped)]: { id: 'unscoped-id', active: true, scopes: ['read'] }
   }
-  const observed: Observed = { logs: [], responses: [], apiKeys: [], lookups: [] }
+  const observed: Observed = { logs: [], responses: [], apiKeys: [], lookups: [], usage: [] }
 
   let server: RedisServer | undefined
   let appClient: Redis | undefined
@@ -206,13 +212,16 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
         if (keyHash === sha256(throwing)) throw new Error('connection to the accounts database was refused')
         if (keyHash === sha256(junk)) return { id: 42, active: 'yes' } as unknown as ApiKeyRecord
         return records[keyHash] ?? null
-      }
+      },
+      onUsage: (batch) => { observed.usage.push(JSON.stringify(batch)) },
+      usageFlushMs: 50
     }
   })
   app.addHook('onResponse', async (request) => {
     observed.apiKeys.push(JSON.stringify(request.apiKey ?? null))
   })
   app.get('/private', async (request) => ({ id: request.apiKey.id }))
+  app.get('/scoped', { config: { apiKey: { scopes: ['write'] } } }, async (request) => ({ id: request.apiKey.id }))
   await app.ready()
   assert.equal(app.apiKeyCache.backend, backend)
 
@@ -221,7 +230,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
     if (c.sent !== undefined) {
       headers[header] = header === 'authorization' && c.raw !== true ? `Bearer ${c.sent}` : c.sent
     }
-    const res = await app.inject({ url: '/private', headers })
+    const res = await app.inject({ url: c.url ?? '/private', headers })
     assert.equal(res.statusCode, c.status, `${c.name}: ${res.body}`)
     if (c.code !== undefined) assert.equal(res.json().code, c.code, c.name)
     observed.responses.push(`${c.name} ${JSON.stringify(res.headers)} ${res.body}`)
@@ -244,6 +253,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
     { name: 'inactive', sent: inactive, status: 401, code: INVALID },
     { name: 'expired', sent: expired, status: 401, code: INVALID },
     { name: 'valid', sent: valid, status: 200 },
+    { name: 'lacks a scope', sent: unscoped, url: '/scoped', status: 403, code: 'FST_API_KEY_FORBIDDEN' },
     { name: 'lookup throws', sent: throwing, status: 503, code: 'FST_API_KEY_LOOKUP_FAILED' },
     { name: 'lookup junk', sent: junk, status: 503, code: 'FST_API_KEY_LOOKUP_FAILED' }
   ]
@@ -252,7 +262,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
   await app.apiKeyCache.delete(sha256(valid))
   await send({ name: 'valid after delete', sent: valid, status: 200 })
 
-  const looked = [valid, inactive, expired, unknown, throwing, junk]
+  const looked = [valid, inactive, expired, unknown, throwing, junk, unscoped]
   if (server !== undefined) {
     await watch!.sync()
     const stored = await dumpRedis(inspector!)
@@ -293,6 +303,9 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
   for (const line of observed.logs) leaks.check('a log line', line)
   for (const text of observed.responses) leaks.check('a response', text)
   for (const text of observed.apiKeys) leaks.check('request.apiKey', text)
+  await until('a usage report', () => observed.usage.length > 0)
+  for (const text of observed.usage) leaks.check('a usage batch', text)
+  assert.ok(observed.usage.some((text) => text.includes(sha256(valid))), 'usage names keys by hash')
   leaks.check('stats()', JSON.stringify(app.apiKeyCache.stats()))
 
   // The hash is what lookup sees, and only keys that pass every cheap check reach it.

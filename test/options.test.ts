@@ -106,14 +106,14 @@ describe('defaults', () => {
     assert.deepEqual(JSON.parse((await db(6).get('credentials:default'))!), { token: 'saved' })
   })
 
-  test('credentials follow the plugin backend, with "tiered" meaning Redis', async (t) => {
+  test('credentials follow the plugin backend, tiered included (CONTRACT section 10)', async (t) => {
     const client = server.client()
     t.after(() => client.disconnect())
     const app = newApp(t)
     register(app, { backend: 'tiered', redis: client, apiKeys: { lookup, keyPrefix: 'opt-tiered-default:' } })
     await app.ready()
     assert.equal(app.apiKeyCache.backend, 'tiered')
-    assert.equal(app.credentialStore.backend, 'redis')
+    assert.equal(app.credentialStore.backend, 'tiered')
   })
 })
 

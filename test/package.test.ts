@@ -45,6 +45,8 @@ test('require(root) is the plugin; .default and .fastifyAuthCache are it; the he
   assert.deepEqual(report.jsonRoundTrip, { a: 1 })
   assert.equal(report.encryptedSerializerType, 'function')
   assert.equal(report.missingErrorCode, 'FST_API_KEY_MISSING')
+  assert.equal(report.forbiddenErrorCode, 403)
+  assert.equal(report.rateLimitHook, 'preHandler')
 })
 
 test('the plugin is wrapped by fastify-plugin: name "fastify-auth-cache", fastify "5.x", decorating the registering scope', () => {
@@ -58,6 +60,7 @@ test('the plugin is wrapped by fastify-plugin: name "fastify-auth-cache", fastif
 test('a memory-only user needs no Redis package: loading and serving never touch ioredis or @fastify/redis', () => {
   const report = required
   assert.equal(report.redisLoaded, false)
+  assert.equal(report.rateLimitLoaded, false, 'rateLimitByApiKey makes options; @fastify/rate-limit is the user\'s')
   assert.equal(report.deniedStatus, 401)
 })
 
@@ -73,6 +76,7 @@ test("import('fastify-auth-cache') gives the plugin as default and named exports
   assert.equal(report.jsonSerializer, true)
   assert.equal(report.encryptedSerializerType, 'function')
   assert.equal(report.invalidErrorCode, 'FST_API_KEY_INVALID')
+  assert.equal(report.rateLimitByApiKeyIsCommonJs, true)
 })
 
 test('runtime dependencies are exactly the four allowed; @fastify/redis is an optional peer', () => {

@@ -102,11 +102,13 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       await step('credentialStore update', async () => {
         const next = await b.app.credentialStore.update((current) => ({ ...(current as object | undefined), token: 'acl-2' }))
         assert.deepEqual(next, { token: 'acl-2' })
-        assert.deepEqual(await a.app.credentialStore.load(), { token: 'acl-2' })
+        // Another tiered process sees the change once its announcement arrives (milliseconds).
+        await until('the other app loads the update', async () =>
+          JSON.stringify(await a.app.credentialStore.load()) === JSON.stringify({ token: 'acl-2' }), 2000)
       })
       await step('credentialStore clear', async () => {
         await a.app.credentialStore.clear()
-        assert.equal(await b.app.credentialStore.load(), undefined)
+        await until('the other app sees the clear', async () => (await b.app.credentialStore.load()) === undefined, 2000)
       })
       for (const app of pair) {
         const errors = app.app.apiKeyCache.stats().backendErrors

@@ -1,14 +1,24 @@
+import fastifyRateLimit, { type RateLimitPluginOptions } from '@fastify/rate-limit'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import Redis from 'ioredis'
 import { expectAssignable, expectError, expectType } from 'tsd'
 import fastifyAuthCache, {
-  encryptedSerializer, fastifyAuthCache as named, generateApiKey, hashApiKey, isWellFormedApiKey, jsonSerializer,
-  type ApiKeyCacheStats, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey, type GetFreshOptions
+  encryptedSerializer, fastifyAuthCache as named, generateApiKey, hashApiKey, isWellFormedApiKey, jsonSerializer, rateLimitByApiKey,
+  type ApiKeyCacheStats, type ApiKeyUsage, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey, type GetFreshOptions,
+  type RateLimitByApiKeyOptions
 } from '..'
 
 // The user's own types, declared once by declaration merging.
 declare module '..' {
   interface FastifyAuthCacheTypes {
-    apiKeyRecord: { id: string, active: boolean, expiresAt?: number, scopes: string[] }
+    apiKeyRecord: {
+      id: string
+      active: boolean
+      expiresAt?: number
+      scopes: string[]
+      ownerId?: string
+      rateLimit?: { max: number, timeWindowMs: number }
+    }
     credential: { accessToken: string, refreshToken: string }
   }
 }
@@ -39,7 +49,18 @@ app.register(fastifyAuthCache, {
     max: 1000,
     hook: true,
     realm: 'api',
-    format: { prefix: 'live' }
+    format: { prefix: 'live' },
+    onUsage: async (batch) => {
+      expectType<ApiKeyUsage[]>(batch)
+      const [first] = batch
+      if (first !== undefined) {
+        expectType<string>(first.keyHash)
+        expectType<string>(first.id)
+        expectType<number>(first.count)
+        expectType<number>(first.lastUsedAt)
+      }
+    },
+    usageFlushMs: 60_000
   },
   credentials: { key: 'oauth', keyPrefix: 'credentials:', ttlSeconds: 3600, backend: 'redis' }
 })
@@ -55,6 +76,31 @@ app.get('/me', { config: { apiKey: true } }, async (request) => {
 })
 app.get('/health', { config: { apiKey: false } }, async () => 'ok')
 
+// Scopes on a route, without casts; anything else is a type error.
+app.post('/orders', { config: { apiKey: { scopes: ['orders:write'] } } }, async (request) => {
+  expectType<string[]>(request.apiKey.scopes)
+  expectType<string | undefined>(request.apiKey.ownerId)
+  expectType<{ max: number, timeWindowMs: number } | undefined>(request.apiKey.rateLimit)
+  return 'created'
+})
+const writeScopes = ['orders:write', 'orders:read'] as const
+app.put('/orders', { config: { apiKey: { scopes: writeScopes } } }, async () => 'ok')
+app.get('/plain', { config: { apiKey: {} } }, async () => 'ok')
+expectError(app.get('/bad', { config: { apiKey: { scopes: 'orders:write' } } }, async () => 'ok'))
+expectError(app.get('/bad', { config: { apiKey: 'yes' } }, async () => 'ok'))
+expectError(app.get('/bad', { config: { apiKey: { scopes: [1] } } }, async () => 'ok'))
+
+// Per-key rate limits: the options go to @fastify/rate-limit as they are.
+const limits = rateLimitByApiKey({ max: 100, timeWindowMs: 60_000 })
+expectType<RateLimitByApiKeyOptions>(limits)
+expectAssignable<RateLimitPluginOptions>(limits)
+expectType<'preHandler'>(limits.hook)
+app.register(fastifyRateLimit, { ...limits, redis: new Redis({ lazyConnect: true }) })
+expectError(rateLimitByApiKey({ max: 100 }))
+expectError(rateLimitByApiKey({ max: '100', timeWindowMs: 60_000 }))
+expectError(app.register(fastifyAuthCache, { apiKeys: { onUsage: 'log' } }))
+expectError(app.register(fastifyAuthCache, { apiKeys: { usageFlushMs: '1m' } }))
+
 app.after(async () => {
   expectType<'memory' | 'redis' | 'tiered'>(app.apiKeyCache.backend)
   expectType<string>(app.apiKeyCache.hash('key'))
@@ -66,6 +112,8 @@ app.after(async () => {
   await app.apiKeyCache.clear()
   expectType<ApiKeyCacheStats>(app.apiKeyCache.stats())
   expectType<number>(app.apiKeyCache.stats().invalidations)
+  expectType<number>(app.apiKeyCache.stats().rejections.forbidden)
+  expectType<number>(app.apiKeyCache.stats().usageDropped)
 
   expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.verifyApiKey)
 
@@ -75,7 +123,7 @@ app.after(async () => {
   expectError(app.credentialStore.save({ accessToken: 'a' }))
   const next = await app.credentialStore.update((current) => ({ accessToken: 'b', refreshToken: current?.refreshToken ?? 'r' }), { lockTtlMs: 1000, waitMs: 500 })
   expectType<string>(next.accessToken)
-  expectType<'memory' | 'redis'>(app.credentialStore.scope('other').backend)
+  expectType<'memory' | 'redis' | 'tiered'>(app.credentialStore.scope('other').backend)
   await app.credentialStore.clear()
 
   // getFresh is typed with the declared credential: no casts in isFresh, refresh or the result.

@@ -9,7 +9,8 @@ import type { RedisGuard } from '../redis/guard'
  * Messages are `<kind>:<instance>[:<payload>]`, published by the process that changed something
  * and acted on by every other process (each ignores its own):
  * - `d:<instance>:<keyHash>`: an API key's entry was deleted;
- * - `c:<instance>`: the API-key prefix was cleared.
+ * - `c:<instance>`: the API-key prefix was cleared;
+ * - `k:<instance>:<storage key>`: a credential was saved, updated or cleared.
  *
  * Pub/sub drops what is published while a subscriber is away, so the bus is trusted only while
  * it can show that it hears the channel: every HEARTBEAT_MS the process publishes a heartbeat
@@ -21,17 +22,17 @@ import type { RedisGuard } from '../redis/guard'
  * Redis does not grow with the number of processes.
  */
 
-export type InvalidationKind = 'delete' | 'clear'
+export type InvalidationKind = 'delete' | 'clear' | 'credential'
 
 export interface InvalidationMessage {
   kind: InvalidationKind
   instance: string
-  /** The key hash of a delete. */
+  /** The key hash of a delete, the storage key of a credential. */
   payload?: string
 }
 
-const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c' }
-const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear' }
+const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c', credential: 'k' }
+const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear', k: 'credential' }
 
 export function encodeMessage (message: InvalidationMessage): string {
   const head = `${CODES[message.kind]}:${message.instance}`
@@ -45,7 +46,7 @@ export function parseMessage (text: string): InvalidationMessage | undefined {
   const end = text.indexOf(':', 2)
   const instance = end === -1 ? text.slice(2) : text.slice(2, end)
   if (instance.length === 0) return undefined
-  if (kind === 'delete') {
+  if (kind !== 'clear') {
     const payload = end === -1 ? '' : text.slice(end + 1)
     return payload.length === 0 ? undefined : { kind, instance, payload }
   }
@@ -69,16 +70,15 @@ export interface InvalidationBusOptions {
   channel: string
   guard: RedisGuard
   log: FastifyBaseLogger
-  handlers: InvalidationHandlers
 }
 
 /** The channel of one process's heartbeats. */
-export function heartbeatChannel (instance: string): string {
+function heartbeatChannel (instance: string): string {
   return `fastify-auth-cache:heartbeat:${instance}`
 }
 
-export const HEARTBEAT_MS = 300
-export const DEADLINE_MS = 900
+const HEARTBEAT_MS = 300
+const DEADLINE_MS = 900
 const CLOSE_TIMEOUT_MS = 1000
 
 export class InvalidationBus {
@@ -89,7 +89,7 @@ export class InvalidationBus {
   /** Invalidations received from other processes. */
   received = 0
   readonly #log: FastifyBaseLogger
-  readonly #handlers: InvalidationHandlers
+  readonly #listeners: InvalidationHandlers[] = []
   readonly #redis: RedisAdapter
   readonly #guard: RedisGuard
   readonly #subscriber: RedisSubscriber
@@ -106,7 +106,6 @@ export class InvalidationBus {
   constructor (options: InvalidationBusOptions) {
     this.channel = options.channel
     this.#log = options.log
-    this.#handlers = options.handlers
     this.#redis = options.redis
     this.#guard = options.guard
     this.#subscriber = options.redis.subscriber('fastify-auth-cache:invalidations', {
@@ -118,6 +117,11 @@ export class InvalidationBus {
 
   get trusted (): boolean {
     return this.#trusted
+  }
+
+  /** Adds a listener: the API-key store and the credential stores of one app share the bus. */
+  listen (handlers: InvalidationHandlers): void {
+    this.#listeners.push(handlers)
   }
 
   /** The text of a message from this process. */
@@ -185,14 +189,14 @@ export class InvalidationBus {
     if (channel !== this.channel) return
     const message = parseMessage(text)
     if (message === undefined || message.instance === this.instance) return
-    this.received++
-    this.#handlers.invalidated(message)
+    if (message.kind !== 'credential') this.received++
+    for (const listener of this.#listeners) listener.invalidated(message)
   }
 
   #setTrusted (trusted: boolean): void {
     if (this.#trusted === trusted || (trusted && this.#closed)) return
     this.#trusted = trusted
-    this.#handlers.trustChanged(trusted)
+    for (const listener of this.#listeners) listener.trustChanged(trusted)
     if (trusted) for (const resolve of [...this.#waiters]) resolve()
   }
 

@@ -19,16 +19,21 @@ export interface LocalTicket { flushes: number, removals: number, takenAt: numbe
 export class LocalAnswers {
   readonly #records: LRUCache<string, ApiKeyRecord>
   readonly #unknown: LRUCache<string, UnknownKey>
+  // Records past their fresh life, kept `staleMs` longer for when lookup fails; only with staleMs > 0.
+  readonly #stale: LRUCache<string, ApiKeyRecord> | undefined
+  readonly #staleMs: number
   #flushes = 0
   #removals = 0
   readonly #removedAt = new Map<string, { removal: number, at: number }>()
 
-  constructor (max: number) {
+  constructor (max: number, staleMs = 0) {
     // Every write passes its own TTL; the defaults only switch lru-cache's TTL tracking on.
     // ttlResolution 0 reads the clock on each get; the default caches it for 1 ms behind a timer,
     // and under load those timers cost more than the clock reads they save.
     this.#records = new LRUCache({ max, ttl: 60_000, ttlResolution: 0 })
     this.#unknown = new LRUCache({ max, ttl: 5_000, ttlResolution: 0 })
+    this.#staleMs = staleMs
+    this.#stale = staleMs > 0 ? new LRUCache({ max, ttl: 60_000, ttlResolution: 0 }) : undefined
   }
 
   get size (): number {
@@ -39,6 +44,16 @@ export class LocalAnswers {
     return this.#records.get(keyHash) ?? this.#unknown.get(keyHash)
   }
 
+  /** Milliseconds left of a record's fresh life; 0 when there is none. */
+  remainingMs (keyHash: string): number {
+    return this.#records.getRemainingTTL(keyHash)
+  }
+
+  /** A record whose fresh life ended less than `staleMs` ago (or that is still fresh). */
+  staleRecord (keyHash: string): ApiKeyRecord | undefined {
+    return this.#stale?.get(keyHash)
+  }
+
   write (keyHash: string, answer: CachedAnswer, ttlMs: number): void {
     if (!(ttlMs > 0)) return
     if (answer === UNKNOWN_KEY) {
@@ -47,6 +62,7 @@ export class LocalAnswers {
     } else {
       this.#unknown.delete(keyHash)
       this.#records.set(keyHash, answer as ApiKeyRecord, { ttl: ttlMs })
+      this.#stale?.set(keyHash, answer as ApiKeyRecord, { ttl: ttlMs + this.#staleMs })
     }
   }
 
@@ -62,6 +78,7 @@ export class LocalAnswers {
     }
     this.#records.delete(keyHash)
     this.#unknown.delete(keyHash)
+    this.#stale?.delete(keyHash)
   }
 
   flush (): void {
@@ -69,6 +86,7 @@ export class LocalAnswers {
     this.#removedAt.clear()
     this.#records.clear()
     this.#unknown.clear()
+    this.#stale?.clear()
   }
 
   ticket (): LocalTicket {

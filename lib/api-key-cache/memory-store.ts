@@ -2,19 +2,30 @@ import { LocalAnswers, type LocalTicket } from './local-answers'
 import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
 
 /** The memory backend: one process's LocalAnswers behind the store interface. */
-export function createMemoryStore (max: number): ApiKeyStore {
-  const local = new LocalAnswers(max)
+export function createMemoryStore (max: number, staleMs: number): ApiKeyStore {
+  const local = new LocalAnswers(max, staleMs)
   let invalidated = (_keyHash: string | undefined): void => {}
   return {
     backend: 'memory',
     invalidationsReceived: 0,
     hearsInvalidations: true,
+    get entries () {
+      return local.size
+    },
     onInvalidate (listener) {
       invalidated = listener
     },
     peek: (keyHash) => local.peek(keyHash),
-    // Called right after `peek` missed: memory has nothing more to say, only a ticket to give.
-    load: (): Promise<StoreLoad> => Promise.resolve({ answer: undefined, ticket: local.ticket() }),
+    // Called right after `peek` missed: memory has only a ticket to give, and a stale copy.
+    load: (keyHash): Promise<StoreLoad> =>
+      Promise.resolve({ answer: undefined, ticket: local.ticket(), stale: local.staleRecord(keyHash) }),
+    freshMs: (keyHash) => local.remainingMs(keyHash),
+    endRenewal: () => Promise.resolve(),
+    beginRenewal: () => Promise.resolve({ ticket: local.ticket(), freshMs: 0, mine: true }),
+    renew (keyHash, _previous, answer, ttlMs, ticket) {
+      local.fill(keyHash, answer, ttlMs, ticket as LocalTicket)
+      return Promise.resolve()
+    },
     fill: (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown) =>
       Promise.resolve(local.fill(keyHash, answer, ttlMs, ticket as LocalTicket)),
     release: () => Promise.resolve(),

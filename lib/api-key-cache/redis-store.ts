@@ -7,9 +7,10 @@ import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { CLAIM_MARK, DELETE_IF_HELD, DELETE_RECORD, FILL_RECORD, READ_RECORD } from '../redis/scripts'
+import { BEGIN_RENEWAL, claimOf, DELETE_RECORD, slotSibling, FILL_RECORD, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD } from '../redis/scripts'
 import { RevocationLog } from './revocation-log'
-import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type StoreLoad } from './store'
+import type { ApiKeyRecord } from '../types'
+import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type Renewal, type StoreLoad } from './store'
 
 // The stored form of "lookup did not know this key": not a record, so older or foreign
 // readers that ignore it only see a miss.
@@ -52,12 +53,24 @@ export interface RedisStoreOptions {
   revocationRetainMs: number
   /** The most revocations kept for replaying; beyond it a clear is replayed. */
   max: number
+  /** How long an entry outlives its fresh life, for staleIfErrorSeconds. */
+  staleMs: number
+  /** Whether request-path reads should return the TTL (refresh-ahead). */
+  readsTtl: boolean
   announcer?: Announcer
 }
 
 export interface RedisLoad extends StoreLoad {
-  /** Remaining TTL of a stored answer, in ms; asked only by the tiered backend. */
-  ttlMs: number
+  /** Fresh life left of a stored answer, in ms; only when asked for (or with a stale window). */
+  freshMs: number
+}
+
+interface Claim { token: string, at: number }
+
+function staleRecord (raw: string | false): ApiKeyRecord | undefined {
+  if (raw === false) return undefined
+  const answer = decodeAnswer(raw)
+  return answer === undefined || answer === UNKNOWN_KEY ? undefined : answer as ApiKeyRecord
 }
 
 /**
@@ -69,6 +82,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   readonly backend = 'redis' as const
   readonly invalidationsReceived = 0
   readonly hearsInvalidations = false
+  readonly entries = 0
   #invalidated = (_keyHash: string | undefined): void => {}
   readonly #redis: RedisAdapter
   readonly #prefix: string
@@ -77,6 +91,8 @@ export class RedisApiKeyStore implements ApiKeyStore {
   readonly #announcer: Announcer | undefined
   readonly #revocations: RevocationLog
   readonly #stopReplaying: () => void
+  readonly #staleMs: number
+  readonly #readsTtl: boolean
 
   constructor (options: RedisStoreOptions) {
     this.#redis = options.redis
@@ -85,6 +101,8 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.#log = options.log
     this.#announcer = options.announcer
     this.#revocations = new RevocationLog(options.revocationRetainMs, options.max)
+    this.#staleMs = options.staleMs
+    this.#readsTtl = options.readsTtl
     this.#stopReplaying = this.#redis.onReconnect(() => { this.replay().catch(() => {}) })
   }
 
@@ -97,58 +115,86 @@ export class RedisApiKeyStore implements ApiKeyStore {
   }
 
   load (keyHash: string): Promise<StoreLoad> {
-    return this.read(keyHash, false)
+    return this.read(keyHash, this.#readsTtl)
   }
 
-  /** One round trip: the answer, or on a miss a claim for the fill to come. */
+  freshMs (): number {
+    return 0
+  }
+
+  /** One round trip: the answer, or on a miss a claim for the fill to come (and any stale record). */
   async read (keyHash: string, withTtl: boolean): Promise<RedisLoad> {
-    const claim = CLAIM_MARK + randomBytes(12).toString('base64')
-    const [raw, ttl, claimed] = await this.#guard.run(() => this.#redis.run(READ_RECORD,
-      [this.#prefix + keyHash], [MAX_VALUE_LENGTH, withTtl ? '1' : '0', claim, FILL_WINDOW_MS]) as Promise<[string | null, number, number]>)
+    const token = randomBytes(12).toString('base64')
+    const [raw, ttl, claimed, stale] = await this.#guard.run(() => this.#redis.run(READ_RECORD, [this.#prefix + keyHash],
+      [MAX_VALUE_LENGTH, withTtl ? '1' : '0', token, FILL_WINDOW_MS, this.#staleMs]) as Promise<[string | null, number, number, string | false]>)
     const answer = decodeAnswer(raw)
-    if (answer !== undefined) return { answer, ttlMs: Number(ttl) }
-    if (raw !== null) return await this.#claimOverJunk(keyHash, claim)
-    return claimed === 1 ? { answer, ticket: { claim, at: performance.now() }, ttlMs: 0 } : { answer, ttlMs: 0 }
+    if (answer !== undefined) return { answer, freshMs: Number(ttl) }
+    if (raw !== null) return await this.#claimOverJunk(keyHash, token)
+    const ticket: Claim | undefined = claimed === 1 ? { token, at: performance.now() } : undefined
+    return { answer, ticket, stale: staleRecord(stale), freshMs: 0 }
   }
 
   /** A value Lua could not tell from a record: claimed in a second step, replacing it. */
-  async #claimOverJunk (keyHash: string, claim: string): Promise<RedisLoad> {
+  async #claimOverJunk (keyHash: string, token: string): Promise<RedisLoad> {
     try {
-      await this.#guard.run(() => this.#redis.set(this.#prefix + keyHash, claim, FILL_WINDOW_MS))
-      return { answer: undefined, ticket: { claim, at: performance.now() }, ttlMs: 0 }
+      await this.#guard.run(() => this.#redis.set(this.#prefix + keyHash, `${claimOf(token)}0|`, FILL_WINDOW_MS))
+      return { answer: undefined, ticket: { token, at: performance.now() }, freshMs: 0 }
     } catch {
       // A full Redis refuses the claim: then no fill follows, and lookup answers alone.
-      return { answer: undefined, ttlMs: 0 }
+      return { answer: undefined, freshMs: 0 }
     }
   }
 
   /** Resolves true when written, false when the claim was gone. */
-  async fillIfClaimed (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean> {
-    const { claim, at } = ticket as { claim: string, at: number }
+  async fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean> {
+    const { token, at } = ticket as Claim
     // Redis expired the claim by now; asking would only confirm it.
     if (performance.now() - at > FILL_WINDOW_MS) return false
     const written = await this.#guard.run(() => this.#redis.run(FILL_RECORD,
-      [this.#prefix + keyHash], [claim, encodeAnswer(answer), wholeMs(ttlMs)]))
+      [this.#prefix + keyHash], [claimOf(token), encodeAnswer(answer), wholeMs(ttlMs + this.#staleMs)]))
     return written === 1
   }
 
-  fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean> {
-    return this.fillIfClaimed(keyHash, answer, ttlMs, ticket)
+  async release (keyHash: string, ticket: unknown): Promise<void> {
+    const { token } = ticket as Claim
+    await this.#guard.run(() => this.#redis.run(RELEASE_CLAIM, [this.#prefix + keyHash], [claimOf(token)]))
   }
 
-  async release (keyHash: string, ticket: unknown): Promise<void> {
-    const { claim } = ticket as { claim: string }
-    await this.#guard.run(() => this.#redis.run(DELETE_IF_HELD, [this.#prefix + keyHash], [claim]))
+  /** The renewal lease sits beside the record, under the prefix and in its hash slot. */
+  #leaseKey (keyHash: string): string {
+    return slotSibling(this.#prefix, this.#redis.keyPrefix + this.#prefix + keyHash, ':renewal')
+  }
+
+  async endRenewal (keyHash: string): Promise<void> {
+    await this.#guard.offPath(() => this.#redis.del(this.#leaseKey(keyHash)))
+  }
+
+  async beginRenewal (keyHash: string): Promise<Renewal> {
+    const key = this.#prefix + keyHash
+    const lease = this.#leaseKey(keyHash)
+    const [raw, ttl, leased] = await this.#guard.offPath(() => this.#redis.run(BEGIN_RENEWAL, [key, lease],
+      [this.#staleMs, FILL_WINDOW_MS]) as Promise<[string | null, number, number]>)
+    return { ticket: undefined, current: decodeAnswer(raw), freshMs: Number(ttl), mine: leased === 1 }
+  }
+
+  async renew (keyHash: string, previous: CachedAnswer | undefined, answer: CachedAnswer, ttlMs: number): Promise<void> {
+    if (previous === undefined) return
+    await this.#guard.offPath(() => this.#redis.run(RENEW_RECORD, [this.#prefix + keyHash],
+      [encodeAnswer(previous), encodeAnswer(answer), wholeMs(ttlMs + this.#staleMs)]))
+  }
+
+  async #readWithoutClaim (keyHash: string, bound: RedisGuard['offPath']): Promise<{ answer: CachedAnswer | undefined, freshMs: number }> {
+    const [raw, ttl] = await bound(() => this.#redis.run(READ_RECORD,
+      [this.#prefix + keyHash], [MAX_VALUE_LENGTH, '1', '', 0, this.#staleMs]) as Promise<[string | null, number]>)
+    return { answer: decodeAnswer(raw), freshMs: Number(ttl) }
   }
 
   async get (keyHash: string): Promise<CachedAnswer | undefined> {
-    const [raw] = await this.#guard.offPath(() => this.#redis.run(READ_RECORD,
-      [this.#prefix + keyHash], [MAX_VALUE_LENGTH, '0', '', 0]) as Promise<[string | null]>)
-    return decodeAnswer(raw)
+    return (await this.#readWithoutClaim(keyHash, this.#guard.offPath)).answer
   }
 
   async set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void> {
-    await this.#guard.offPath(() => this.#redis.set(this.#prefix + keyHash, encodeAnswer(answer), wholeMs(ttlMs)))
+    await this.#guard.offPath(() => this.#redis.set(this.#prefix + keyHash, encodeAnswer(answer), wholeMs(ttlMs + this.#staleMs)))
   }
 
   /**
@@ -159,7 +205,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   async delete (keyHash: string): Promise<void> {
     this.#revocations.deleted(keyHash)
     this.#invalidated(keyHash)
-    if (!(await this.#guard.offPath(() => this.#redis.hasReplicas()))) {
+    if (!(await this.#guard.offPath(() => this.#redis.hasReplica(this.#prefix + keyHash)))) {
       await this.#deleteOnce(keyHash)
       return
     }

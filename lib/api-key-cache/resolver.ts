@@ -1,16 +1,26 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { isApiKeyRecord, rejectReason, type RejectReason } from '../api-keys/record'
 import { ApiKeyLookupFailedError } from '../errors'
 import type { ApiKeyLookup } from '../options'
 import type { ApiKeyRecord } from '../types'
+import type { Telemetry } from '../telemetry'
 import type { Counters } from './stats'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer } from './store'
 
+// After finding another process renewing a key, this process looks again no sooner than this.
+const RENEWAL_RETRY_MS = 100
 // During an outage every request fails over; one warning per interval says so without flooding the log.
 const WARN_INTERVAL_MS = 30_000
 
 /** A valid record, or why the key is refused. */
 export type Verdict = ApiKeyRecord | RejectReason
+
+/** A verdict that took a load, and where its answer came from. */
+export interface Resolved {
+  verdict: Verdict
+  source: 'hit' | 'miss' | 'stale'
+}
 
 interface Load {
   answer: CachedAnswer
@@ -19,6 +29,7 @@ interface Load {
    * ran. Requests that joined the load may have come after a revocation made elsewhere.
    */
   settled: boolean
+  source: Resolved['source']
 }
 
 export interface ResolverOptions {
@@ -26,13 +37,23 @@ export interface ResolverOptions {
   lookup: ApiKeyLookup
   ttlSeconds: number
   negativeTtlSeconds: number
+  lookupTimeoutMs: number
+  refreshAheadSeconds: number
   counters: Counters
+  telemetry: Telemetry
   log: FastifyBaseLogger
 }
 
-function judge (answer: CachedAnswer): Verdict {
-  if (answer === UNKNOWN_KEY) return 'unknown'
-  return rejectReason(answer as ApiKeyRecord) ?? answer as ApiKeyRecord
+class LookupTimeoutError extends Error {
+  constructor (ms: number) {
+    super(`lookup did not answer within ${ms} ms`)
+    this.name = 'LookupTimeoutError'
+  }
+}
+
+/** Each key refreshes ahead at its own point between half and all of the window, so keys cached together spread out. */
+function jitterOf (keyHash: string): number {
+  return 0.5 + parseInt(keyHash.slice(0, 4), 16) / 0x20000
 }
 
 /**
@@ -45,17 +66,25 @@ export class Resolver {
   readonly #lookup: ApiKeyLookup
   readonly #ttlMs: number
   readonly #negativeTtlMs: number
+  readonly #lookupTimeoutMs: number
+  readonly #refreshAheadMs: number
   readonly #counters: Counters
+  readonly #telemetry: Telemetry
   readonly #log: FastifyBaseLogger
   readonly #inFlight = new Map<string, Promise<Load>>()
-  #lastWarnAt = -Infinity
+  readonly #refreshing = new Set<string>()
+  #lastBackendWarnAt = -Infinity
+  #lastStaleWarnAt = -Infinity
 
   constructor (options: ResolverOptions) {
     this.#store = options.store
     this.#lookup = options.lookup
     this.#ttlMs = options.ttlSeconds * 1000
     this.#negativeTtlMs = options.negativeTtlSeconds * 1000
+    this.#lookupTimeoutMs = options.lookupTimeoutMs
+    this.#refreshAheadMs = options.refreshAheadSeconds * 1000
     this.#counters = options.counters
+    this.#telemetry = options.telemetry
     this.#log = options.log
     // A request that comes after an invalidation must not join a load that began before it.
     this.#store.onInvalidate((keyHash) => {
@@ -66,9 +95,9 @@ export class Resolver {
 
   /**
    * Synchronous on a hit in process memory. Rejects with FST_API_KEY_LOOKUP_FAILED when
-   * `lookup` fails; never because of the cache.
+   * `lookup` fails and no stale record may stand in; never because of the cache.
    */
-  resolve (keyHash: string, request: FastifyRequest, joinUnsettled = true): Verdict | Promise<Verdict> {
+  resolve (keyHash: string, request: FastifyRequest, joinUnsettled = true): Verdict | Promise<Resolved> {
     const cached = this.#store.peek(keyHash)
     if (cached !== undefined) {
       if (cached === UNKNOWN_KEY) {
@@ -76,6 +105,7 @@ export class Resolver {
         return 'unknown'
       }
       this.#counters.hits++
+      if (this.#refreshAheadMs > 0) this.#refreshIfDue(keyHash, request, cached, this.#store.freshMs(keyHash))
       return rejectReason(cached as ApiKeyRecord) ?? cached as ApiKeyRecord
     }
     const pending = this.#inFlight.get(keyHash)
@@ -87,25 +117,42 @@ export class Resolver {
       // Joiners handle its failure; without any, it must not count as unhandled.
       shared.catch(() => {})
       this.#inFlight.set(keyHash, shared)
-      return load.then(({ answer }) => judge(answer))
+      return load.then(this.#judge)
     }
     this.#counters.coalesced++
     // A store that does not hear other processes' revocations learns of them only from a
     // refused fill; a joiner then asks again, once, rather than trust an answer it came after.
-    if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(({ answer }) => judge(answer))
-    return pending.then(({ answer, settled }) => settled ? judge(answer) : this.resolve(keyHash, request, false))
+    if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(this.#judge)
+    return pending.then((load) => load.settled ? this.#judge(load) : this.#resolveAgain(keyHash, request))
+  }
+
+  #resolveAgain (keyHash: string, request: FastifyRequest): Resolved | Promise<Resolved> {
+    const again = this.resolve(keyHash, request, false)
+    return again instanceof Promise ? again : { verdict: again, source: 'hit' }
+  }
+
+  readonly #judge = (load: Load): Resolved => {
+    if (load.answer === UNKNOWN_KEY) return { verdict: 'unknown', source: load.source }
+    if (load.source === 'stale') this.#counters.staleServed++
+    return { verdict: rejectReason(load.answer as ApiKeyRecord) ?? load.answer as ApiKeyRecord, source: load.source }
   }
 
   async #load (keyHash: string, request: FastifyRequest): Promise<Load> {
     let ticket: unknown
+    let stale: ApiKeyRecord | undefined
     try {
       const loaded = await this.#store.load(keyHash)
       if (loaded.answer !== undefined) {
-        if (loaded.answer === UNKNOWN_KEY) this.#counters.negativeHits++
-        else this.#counters.hits++
-        return { answer: loaded.answer, settled: true }
+        if (loaded.answer === UNKNOWN_KEY) {
+          this.#counters.negativeHits++
+        } else {
+          this.#counters.hits++
+          if (this.#refreshAheadMs > 0 && loaded.freshMs !== undefined) this.#refreshIfDue(keyHash, request, loaded.answer, loaded.freshMs)
+        }
+        return { answer: loaded.answer, settled: true, source: 'hit' }
       }
       ticket = loaded.ticket
+      stale = loaded.stale
     } catch (err) {
       this.#backendFailed(err)
     }
@@ -116,16 +163,100 @@ export class Resolver {
       answer = await this.#callLookup(keyHash, request)
     } catch (err) {
       if (ticket !== undefined) await this.#write(() => this.#store.release(keyHash, ticket))
+      // Only a record that would still be accepted stands in; revocation removed any other.
+      if (stale !== undefined && rejectReason(stale) === undefined) {
+        this.#staleServed(keyHash)
+        return { answer: stale, settled: true, source: 'stale' }
+      }
       throw err
     }
     // Without a ticket (the read failed, or Redis refused the claim) no write would be safe.
-    if (ticket === undefined) return { answer, settled: true }
+    if (ticket === undefined) return { answer, settled: true, source: 'miss' }
     const ttlMs = this.#ttlFor(answer)
     if (ttlMs <= 0) {
       await this.#write(() => this.#store.release(keyHash, ticket))
-      return { answer, settled: true }
+      return { answer, settled: true, source: 'miss' }
     }
-    return { answer, settled: await this.#write(() => this.#store.fill(keyHash, answer, ttlMs, ticket)) !== false }
+    const settled = await this.#write(() => this.#store.fill(keyHash, answer, ttlMs, ticket)) !== false
+    return { answer, settled, source: 'miss' }
+  }
+
+  /** Starts one background renewal of a record near the end of its cached life. */
+  #refreshIfDue (keyHash: string, request: FastifyRequest, current: CachedAnswer, freshMs: number): void {
+    if (freshMs > this.#refreshAheadMs || freshMs > this.#refreshAheadMs * jitterOf(keyHash) || this.#refreshing.has(keyHash)) return
+    this.#refreshing.add(keyHash)
+    this.#refresh(keyHash, request, current).finally(() => this.#refreshing.delete(keyHash))
+  }
+
+  /** Never rejects: a refresh that fails keeps the current entry until its normal end. */
+  async #refresh (keyHash: string, request: FastifyRequest, previous: CachedAnswer): Promise<void> {
+    let leased = false
+    try {
+      const renewal = await this.#store.beginRenewal(keyHash)
+      leased = renewal.mine
+      if (renewal.current !== undefined && renewal.freshMs > this.#refreshAheadMs) {
+        // Another process renewed it in the shared store already.
+        await this.#store.renew(keyHash, undefined, renewal.current, renewal.freshMs, renewal.ticket)
+        return
+      }
+      // Another process is renewing it: a later hit will find its renewal.
+      if (!renewal.mine) {
+        await sleep(RENEWAL_RETRY_MS)
+        return
+      }
+      this.#counters.refreshes++
+      const answer = await this.#callLookup(keyHash, request)
+      const ttlMs = this.#ttlFor(answer)
+      if (ttlMs > 0) await this.#store.renew(keyHash, renewal.current ?? previous, answer, ttlMs, renewal.ticket)
+    } catch (err) {
+      // A failed lookup was counted and logged where it failed.
+      if (!(err instanceof ApiKeyLookupFailedError)) this.#backendFailed(err)
+    } finally {
+      if (leased) await this.#store.endRenewal(keyHash).catch((err: unknown) => this.#backendFailed(err))
+    }
+  }
+
+  async #callLookup (keyHash: string, request: FastifyRequest): Promise<CachedAnswer> {
+    this.#counters.lookups++
+    const startedAt = this.#telemetry.watchingLookups ? performance.now() : 0
+    let answer: unknown
+    try {
+      answer = await this.#bounded(this.#lookup(keyHash, request))
+    } catch (err) {
+      if (startedAt !== 0) this.#telemetry.lookedUp(keyHash, performance.now() - startedAt, false)
+      this.#counters.lookupErrors++
+      request.log.error({ err, keyHash }, 'fastify-auth-cache: API key lookup failed')
+      throw new ApiKeyLookupFailedError()
+    }
+    const ok = answer === null || answer === undefined || isApiKeyRecord(answer)
+    if (startedAt !== 0) this.#telemetry.lookedUp(keyHash, performance.now() - startedAt, ok)
+    if (answer === null || answer === undefined) return UNKNOWN_KEY
+    if (!ok) {
+      this.#counters.lookupErrors++
+      request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
+      throw new ApiKeyLookupFailedError()
+    }
+    return answer as ApiKeyRecord
+  }
+
+  /** `lookup`'s answer, or a LookupTimeoutError after lookupTimeoutMs; a late answer is dropped. */
+  #bounded<T> (answer: T | Promise<T>): T | Promise<T> {
+    if (!(answer instanceof Promise)) return answer
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new LookupTimeoutError(this.#lookupTimeoutMs)), this.#lookupTimeoutMs)
+      answer.then(
+        (value) => { clearTimeout(timer); resolve(value) },
+        (err) => { clearTimeout(timer); reject(err) })
+    })
+  }
+
+  /** Records live until `ttlSeconds` or their own `expiresAt`; an expired record only as long as an unknown key. */
+  #ttlFor (answer: CachedAnswer): number {
+    if (answer === UNKNOWN_KEY) return this.#negativeTtlMs
+    const record = answer as ApiKeyRecord
+    if (record.expiresAt === undefined) return this.#ttlMs
+    const left = record.expiresAt - Date.now()
+    return left > 0 ? Math.min(this.#ttlMs, left) : this.#negativeTtlMs
   }
 
   /** A write on the request path: a failure is counted and logged, and the request goes on. */
@@ -138,39 +269,18 @@ export class Resolver {
     }
   }
 
-  async #callLookup (keyHash: string, request: FastifyRequest): Promise<CachedAnswer> {
-    this.#counters.lookups++
-    let answer: unknown
-    try {
-      answer = await this.#lookup(keyHash, request)
-    } catch (err) {
-      this.#counters.lookupErrors++
-      request.log.error({ err, keyHash }, 'fastify-auth-cache: API key lookup failed')
-      throw new ApiKeyLookupFailedError()
-    }
-    if (answer === null || answer === undefined) return UNKNOWN_KEY
-    if (!isApiKeyRecord(answer)) {
-      this.#counters.lookupErrors++
-      request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
-      throw new ApiKeyLookupFailedError()
-    }
-    return answer
-  }
-
-  /** Records live until `ttlSeconds` or their own `expiresAt`; an expired record only as long as an unknown key. */
-  #ttlFor (answer: CachedAnswer): number {
-    if (answer === UNKNOWN_KEY) return this.#negativeTtlMs
-    const record = answer as ApiKeyRecord
-    if (record.expiresAt === undefined) return this.#ttlMs
-    const left = record.expiresAt - Date.now()
-    return left > 0 ? Math.min(this.#ttlMs, left) : this.#negativeTtlMs
+  #staleServed (keyHash: string): void {
+    const now = Date.now()
+    if (now - this.#lastStaleWarnAt < WARN_INTERVAL_MS) return
+    this.#lastStaleWarnAt = now
+    this.#log.warn({ keyHash }, 'fastify-auth-cache: lookup failed; serving cached records past their TTL (staleIfErrorSeconds)')
   }
 
   #backendFailed (err: unknown): void {
     this.#counters.backendErrors++
     const now = Date.now()
-    if (now - this.#lastWarnAt >= WARN_INTERVAL_MS) {
-      this.#lastWarnAt = now
+    if (now - this.#lastBackendWarnAt >= WARN_INTERVAL_MS) {
+      this.#lastBackendWarnAt = now
       this.#log.warn({ err }, 'fastify-auth-cache: cache backend failed; authenticating through lookup until it recovers')
     } else {
       this.#log.debug({ err }, 'fastify-auth-cache: cache backend failed, using lookup')

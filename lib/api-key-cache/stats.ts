@@ -1,6 +1,7 @@
 import type { RejectReason } from '../api-keys/record'
 
-export type Rejection = 'missing' | 'malformed' | RejectReason
+/** Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route scope. */
+export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden'
 
 export interface ApiKeyCacheStats {
   /** Answers served from the cache: records. */
@@ -17,10 +18,16 @@ export interface ApiKeyCacheStats {
   lookupErrors: number
   /** Cache reads or writes that failed or timed out; the request went on to `lookup`. */
   backendErrors: number
+  /** Requests answered with a record past its TTL because `lookup` failed (staleIfErrorSeconds). */
+  staleServed: number
+  /** Background lookups started to renew a record before its end (refreshAheadSeconds). */
+  refreshes: number
   /** Invalidations received from other processes (tiered). */
   invalidations: number
-  /** Requests refused with 401, by reason. */
+  /** Requests refused with 401 by reason, and with 403 (`forbidden`: a key lacking a route scope). */
   rejections: Record<Rejection, number>
+  /** Uses of a key that `onUsage` will not hear of: `apiKeys.max` keys were already held between calls. */
+  usageDropped: number
 }
 
 /** The counters the request path increments, each in exactly one place. */
@@ -35,6 +42,9 @@ export function createCounters (): Counters {
     coalesced: 0,
     lookupErrors: 0,
     backendErrors: 0,
-    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0 }
+    staleServed: 0,
+    refreshes: 0,
+    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0 },
+    usageDropped: 0
   }
 }

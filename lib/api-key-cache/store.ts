@@ -9,12 +9,25 @@ export type CachedAnswer = ApiKeyRecord | UnknownKey
 
 export interface StoreLoad {
   answer: CachedAnswer | undefined
+  /** Milliseconds left of the answer's fresh life, where the store knows it (for refresh-ahead). */
+  freshMs?: number
+  /** On a miss, a record past its fresh life but within the stale window, for when lookup fails. */
+  stale?: ApiKeyRecord
   /**
    * On a miss, the store's permission to `fill` the key later. It is void once a `delete` or
    * `clear` touched the key, so a lookup in flight cannot undo a revocation. Undefined when no
    * fill may follow (the store could not take one).
    */
   ticket?: unknown
+}
+
+export interface Renewal {
+  ticket: unknown
+  current?: CachedAnswer
+  /** Fresh life left of `current`, in ms. */
+  freshMs: number
+  /** False when another process is renewing the key already (shared stores). */
+  mine: boolean
 }
 
 /**
@@ -34,6 +47,21 @@ export interface ApiKeyStore {
   fill (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<boolean>
   /** Request path: no fill will follow `ticket` (lookup failed, or nothing is to be cached). */
   release (keyHash: string, ticket: unknown): Promise<void>
+  /** Milliseconds left of the fresh life of what `peek` just answered for `keyHash`. */
+  freshMs (keyHash: string): number
+  /**
+   * Refresh-ahead, step one: a ticket for `renew` (void once the key is invalidated), and, for
+   * a shared store, what it holds now, which another process may have renewed already.
+   */
+  beginRenewal (keyHash: string): Promise<Renewal>
+  /**
+   * Refresh-ahead, step two: replaces `previous` with `answer`, unless the key was invalidated
+   * or changed since `beginRenewal`. With `previous` undefined, `answer` is what the shared
+   * store already holds (`Renewal.current`), and only process memory takes it.
+   */
+  renew (keyHash: string, previous: CachedAnswer | undefined, answer: CachedAnswer, ttlMs: number, ticket: unknown): Promise<void>
+  /** Refresh-ahead, done (renewed or not): lets other processes renew the key next time. */
+  endRenewal (keyHash: string): Promise<void>
   get (keyHash: string): Promise<CachedAnswer | undefined>
   set (keyHash: string, answer: CachedAnswer, ttlMs: number): Promise<void>
   delete (keyHash: string): Promise<void>
@@ -47,5 +75,7 @@ export interface ApiKeyStore {
   onInvalidate (listener: (keyHash: string | undefined) => void): void
   /** Invalidations received from other processes. */
   readonly invalidationsReceived: number
+  /** Entries held in process memory. */
+  readonly entries: number
   close (): Promise<void>
 }

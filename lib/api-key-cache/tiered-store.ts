@@ -1,7 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { channelName, InvalidationBus } from './invalidation-bus'
+import type { Telemetry } from '../telemetry'
+import type { InvalidationBus } from './invalidation-bus'
 import { LocalAnswers, type LocalTicket } from './local-answers'
 import { RedisApiKeyStore } from './redis-store'
 import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
@@ -9,17 +10,15 @@ import type { ApiKeyStore, CachedAnswer, StoreLoad } from './store'
 interface TieredTicket { local: LocalTicket, shared: unknown }
 
 export interface TieredStoreOptions {
+  bus: InvalidationBus
   redis: RedisAdapter
   keyPrefix: string
   max: number
   guard: RedisGuard
   log: FastifyBaseLogger
   revocationRetainMs: number
-}
-
-export interface TieredStore extends ApiKeyStore {
-  /** Resolves once process memory may serve (the bus is proven), or after `timeoutMs`. */
-  ready (timeoutMs: number): Promise<void>
+  staleMs: number
+  telemetry: Telemetry
 }
 
 /**
@@ -28,8 +27,8 @@ export interface TieredStore extends ApiKeyStore {
  * affected L1 entries, and L1 refuses the copies of L2 reads and lookups that were in flight
  * meanwhile, so their possibly stale answers do not come back.
  */
-export function createTieredStore (options: TieredStoreOptions): TieredStore {
-  const local = new LocalAnswers(options.max)
+export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
+  const local = new LocalAnswers(options.max, options.staleMs)
   let invalidated = (_keyHash: string | undefined): void => {}
   // Every invalidation seen here drops the entry, and tells the resolver that loads in flight
   // for the key are stale for requests that come after it.
@@ -41,27 +40,25 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     local.flush()
     invalidated(undefined)
   }
-  // The bus comes first: the Redis store announces revocations in its words.
-  const bus = new InvalidationBus({
-    redis: options.redis,
-    channel: channelName(options.redis, options.keyPrefix),
-    guard: options.guard,
-    log: options.log,
-    handlers: {
-      invalidated (message) {
-        if (message.kind === 'delete') remove(message.payload!)
-        else flush()
-      },
-      trustChanged (trusted) {
-        flush()
-        // Back after a loss: Redis may have lost this process's revocations (a failover, a
-        // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
-        if (trusted) l2.replay().then(flush, flush)
-      }
+  const { bus } = options
+  bus.listen({
+    invalidated (message) {
+      if (message.kind === 'credential') return
+      if (message.kind === 'delete') remove(message.payload!)
+      else flush()
+      options.telemetry.invalidated(message.kind, message.payload)
+    },
+    trustChanged (trusted) {
+      flush()
+      options.telemetry.invalidated(trusted ? 'trust-regained' : 'trust-lost')
+      // Back after a loss: Redis may have lost this process's revocations (a failover, a
+      // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
+      if (trusted) l2.replay().then(flush, flush)
     }
   })
   const l2 = new RedisApiKeyStore({
     ...options,
+    readsTtl: true,
     announcer: {
       channel: bus.channel,
       deleted: (keyHash) => bus.message('delete', keyHash),
@@ -73,17 +70,18 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
     if (bus.trusted) local.fill(keyHash, answer, ttlMs, ticket)
   }
 
-  bus.start()
   return {
     backend: 'tiered',
     hearsInvalidations: true,
+    get entries () {
+      return local.size
+    },
     onInvalidate (listener) {
       invalidated = listener
     },
     get invalidationsReceived () {
       return bus.received
     },
-    ready: (timeoutMs) => bus.whenTrusted(timeoutMs),
 
     peek: (keyHash) => bus.trusted ? local.peek(keyHash) : undefined,
 
@@ -91,10 +89,27 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
       const ticket = local.ticket()
       const read = await l2.read(keyHash, true)
       if (read.answer !== undefined) {
-        copyToLocal(keyHash, read.answer, read.ttlMs, ticket)
-        return { answer: read.answer }
+        copyToLocal(keyHash, read.answer, read.freshMs, ticket)
+        return read
       }
-      return read.ticket === undefined ? { answer: undefined } : { answer: undefined, ticket: { local: ticket, shared: read.ticket } }
+      // Memory's stale copy counts only while the bus vouches that no revocation was missed.
+      const stale = read.stale ?? (bus.trusted ? local.staleRecord(keyHash) : undefined)
+      return { answer: undefined, stale, ticket: read.ticket === undefined ? undefined : { local: ticket, shared: read.ticket } }
+    },
+
+    freshMs: (keyHash) => local.remainingMs(keyHash),
+
+    async beginRenewal (keyHash) {
+      const ticket = local.ticket()
+      return { ...await l2.beginRenewal(keyHash), ticket }
+    },
+
+    endRenewal: (keyHash) => l2.endRenewal(keyHash),
+
+    async renew (keyHash, previous, answer, ttlMs, ticket) {
+      if (!local.accepts(keyHash, ticket as LocalTicket)) return
+      await l2.renew(keyHash, previous, answer, ttlMs)
+      copyToLocal(keyHash, answer, ttlMs, ticket as LocalTicket)
     },
 
     async fill (keyHash, answer, ttlMs, ticket) {
@@ -102,7 +117,7 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
       // Invalidated here since the read (a delete or clear, ours or announced, or a loss of the
       // bus): then the answer is stale for both tiers.
       if (!local.accepts(keyHash, localTicket)) return false
-      const written = await l2.fillIfClaimed(keyHash, answer, ttlMs, sharedTicket)
+      const written = await l2.fill(keyHash, answer, ttlMs, sharedTicket)
       if (written) copyToLocal(keyHash, answer, ttlMs, localTicket)
       return written
     },
@@ -140,7 +155,6 @@ export function createTieredStore (options: TieredStoreOptions): TieredStore {
 
     async close () {
       await l2.close()
-      await bus.close()
       local.flush()
     }
   }

@@ -5,6 +5,8 @@
 export interface CredentialByteStore {
   readonly backend: 'memory' | 'redis'
   get (key: string): Promise<Buffer | undefined>
+  /** The bytes and the ms left of their TTL (undefined: none). */
+  getWithTtl (key: string): Promise<{ bytes: Buffer | undefined, ttlMs: number | undefined }>
   set (key: string, bytes: Buffer, ttlMs: number | undefined): Promise<void>
   delete (key: string): Promise<void>
   /** Takes the lock of `key` for `ttlMs` unless someone holds it; resolves true when taken. */

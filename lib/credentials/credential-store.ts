@@ -5,6 +5,7 @@ import {
   InvalidOptionError
 } from '../errors'
 import type { CredentialByteStore } from './byte-store'
+import type { CredentialMemory } from './credential-memory'
 import { getFresh, type GetFreshOptions } from './get-fresh'
 import type { KeyedMutex } from './keyed-mutex'
 import { wholeMs } from '../limits'
@@ -20,6 +21,8 @@ export interface UpdateOptions {
 
 export interface CredentialStoreSettings<T> {
   bytes: CredentialByteStore
+  /** The tiered backend's process memory of decoded values; absent on memory and redis. */
+  memory?: CredentialMemory
   mutex: KeyedMutex
   keyPrefix: string
   key: string
@@ -68,14 +71,33 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
   }
 
   get backend (): BackendName {
-    return this.#settings.bytes.backend
+    return this.#settings.memory === undefined ? this.#settings.bytes.backend : 'tiered'
   }
 
+  /** From process memory when the tiered backend holds the value: no command to Redis, no decoding. */
   async load (): Promise<T | undefined> {
-    const raw = await this.#settings.bytes.get(this.#ctx.key)
-    if (raw === undefined) return undefined
+    const remembered = this.#settings.memory?.get(this.#ctx.key)
+    if (remembered !== undefined) return remembered.value as T
+    return await this.#loadStored()
+  }
+
+  /** From the byte store, never from process memory (which it refreshes on the tiered backend). */
+  async #loadStored (): Promise<T | undefined> {
+    const { memory } = this.#settings
+    const key = this.#ctx.key
+    const ticket = memory?.ticket(key)
+    const { bytes, ttlMs } = memory === undefined
+      ? { bytes: await this.#settings.bytes.get(key), ttlMs: undefined }
+      : await this.#settings.bytes.getWithTtl(key)
+    if (bytes === undefined) return undefined
+    const value = await this.#decode(bytes)
+    if (ticket !== undefined) memory!.fill(key, value, ttlMs, ticket)
+    return value
+  }
+
+  async #decode (bytes: Buffer): Promise<T> {
     try {
-      return await this.#settings.serializer.deserialize(raw, this.#ctx)
+      return await this.#settings.serializer.deserialize(bytes, this.#ctx)
     } catch (cause) {
       const err = new CredentialsDeserializeError(this.#ctx.key)
       err.cause = cause
@@ -85,11 +107,37 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
 
   async save (value: T): Promise<void> {
     const bytes = await this.#encode(value)
-    await this.#settings.bytes.set(this.#ctx.key, bytes, this.#ttlMs)
+    await this.#written(bytes, () => this.#settings.bytes.set(this.#ctx.key, bytes, this.#ttlMs))
   }
 
   async clear (): Promise<void> {
-    await this.#settings.bytes.delete(this.#ctx.key)
+    await this.#written(undefined, () => this.#settings.bytes.delete(this.#ctx.key))
+  }
+
+  /**
+   * Runs a write and keeps process memory right on the tiered backend: the old value is
+   * forgotten before and after (the write's announcement reaches the other processes), and
+   * what was written is remembered, decoded once here, so the next load needs no Redis.
+   */
+  async #written<R> (bytes: Buffer | undefined, write: () => Promise<R>): Promise<R> {
+    const { memory } = this.#settings
+    const key = this.#ctx.key
+    if (memory === undefined) return await write()
+    memory.remove(key)
+    let result: R
+    try {
+      result = await write()
+    } finally {
+      memory.remove(key)
+    }
+    // A save refused because its lock was lost wrote nothing.
+    if (bytes !== undefined && result !== false) {
+      const ticket = memory.ticket(key)
+      // Bytes that do not decode are not remembered; the next load reports them.
+      const decoded = await this.#decode(bytes).then((value) => ({ value }), () => undefined)
+      if (decoded !== undefined) memory.fill(key, decoded.value, this.#ttlMs, ticket)
+    }
+    return result
   }
 
   scope (key: string): CredentialStore<T> {
@@ -126,8 +174,10 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
       }
       let saved = false
       try {
-        const next = await fn(await this.load())
-        if (!(await bytes.saveAndUnlock(key, token, await this.#encode(next), this.#ttlMs))) {
+        // The latest saved value, from Redis: process memory may not have heard of a change yet.
+        const next = await fn(await this.#loadStored())
+        const encoded = await this.#encode(next)
+        if (!(await this.#written(encoded, () => bytes.saveAndUnlock(key, token, encoded, this.#ttlMs)))) {
           throw new CredentialsLockLostError(key)
         }
         saved = true

@@ -16,6 +16,12 @@ export class MemoryCredentialByteStore implements CredentialByteStore {
     return Promise.resolve(entry && entry.expiresAt > performance.now() ? Buffer.from(entry.bytes) : undefined)
   }
 
+  async getWithTtl (key: string): Promise<{ bytes: Buffer | undefined, ttlMs: number | undefined }> {
+    const bytes = await this.get(key)
+    const expiresAt = this.values.get(key)?.expiresAt ?? Infinity
+    return { bytes, ttlMs: expiresAt === Infinity ? undefined : expiresAt - performance.now() }
+  }
+
   set (key: string, bytes: Buffer, ttlMs: number | undefined): Promise<void> {
     this.write(key, bytes, ttlMs)
     return Promise.resolve()

@@ -1,23 +1,35 @@
 import { CredentialsDeserializeError } from '../errors'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { DELETE_IF_HELD, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
+import { DELETE_RECORD, RELEASE_LOCK, SAVE_AND_ANNOUNCE, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
 import type { CredentialByteStore } from './byte-store'
 
 /**
  * `${keyPrefix}${key}` holds the bytes; its lock is `${keyPrefix}{<stored key>}:lock`, under the
  * same prefix (so an ACL granting the prefix covers it) and in the same hash slot.
  */
+/** Tells the other processes of a tiered backend that a credential changed, from the script that changes it. */
+export interface CredentialAnnouncer {
+  channel: string
+  changed (key: string): string
+}
+
 export class RedisCredentialByteStore implements CredentialByteStore {
   readonly backend = 'redis' as const
   readonly #redis: RedisAdapter
   readonly #guard: RedisGuard
   readonly #keyPrefix: string
+  readonly #announcer: CredentialAnnouncer | undefined
 
-  constructor (redis: RedisAdapter, guard: RedisGuard, keyPrefix: string) {
+  constructor (redis: RedisAdapter, guard: RedisGuard, keyPrefix: string, announcer?: CredentialAnnouncer) {
     this.#redis = redis
     this.#guard = guard
     this.#keyPrefix = keyPrefix
+    this.#announcer = announcer
+  }
+
+  #announcement (key: string): [string, string] {
+    return this.#announcer === undefined ? ['', ''] : [this.#announcer.channel, this.#announcer.changed(key)]
   }
 
   #lockKey (key: string): string {
@@ -25,9 +37,20 @@ export class RedisCredentialByteStore implements CredentialByteStore {
     return slotSibling(this.#keyPrefix, this.#redis.keyPrefix + key, ':lock')
   }
 
-  async get (key: string): Promise<Buffer | undefined> {
+  get (key: string): Promise<Buffer | undefined> {
+    return this.#read(key, async () => (await this.#redis.getBuffer(key)) ?? undefined)
+  }
+
+  getWithTtl (key: string): Promise<{ bytes: Buffer | undefined, ttlMs: number | undefined }> {
+    return this.#read(key, async () => {
+      const [bytes, ttl] = await this.#redis.getBufferWithTtl(key)
+      return { bytes: bytes ?? undefined, ttlMs: ttl < 0 ? undefined : ttl }
+    })
+  }
+
+  async #read<R> (key: string, read: () => Promise<R>): Promise<R> {
     try {
-      return (await this.#guard.offPath(() => this.#redis.getBuffer(key))) ?? undefined
+      return await this.#guard.offPath(read)
     } catch (err) {
       // A list, hash or set under the credential's key is unreadable bytes like any other junk,
       // not a failing Redis; it is left as it is.
@@ -41,11 +64,19 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async set (key: string, bytes: Buffer, ttlMs: number | undefined): Promise<void> {
-    await this.#guard.offPath(() => this.#redis.set(key, bytes, ttlMs))
+    if (this.#announcer === undefined) {
+      await this.#guard.offPath(() => this.#redis.set(key, bytes, ttlMs))
+      return
+    }
+    await this.#guard.offPath(() => this.#redis.run(SAVE_AND_ANNOUNCE, [key], [bytes, ttlMs ?? 0, ...this.#announcement(key)]))
   }
 
   async delete (key: string): Promise<void> {
-    await this.#guard.offPath(() => this.#redis.del(key))
+    if (this.#announcer === undefined) {
+      await this.#guard.offPath(() => this.#redis.del(key))
+      return
+    }
+    await this.#guard.offPath(() => this.#redis.run(DELETE_RECORD, [key], this.#announcement(key)))
   }
 
   tryLock (key: string, token: string, ttlMs: number): Promise<boolean> {
@@ -53,11 +84,12 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async saveAndUnlock (key: string, token: string, bytes: Buffer, ttlMs: number | undefined): Promise<boolean> {
-    const reply = await this.#guard.offPath(() => this.#redis.run(SAVE_AND_RELEASE, [key, this.#lockKey(key)], [token, bytes, ttlMs ?? 0]))
+    const reply = await this.#guard.offPath(() => this.#redis.run(SAVE_AND_RELEASE, [key, this.#lockKey(key)],
+      [token, bytes, ttlMs ?? 0, ...this.#announcement(key)]))
     return reply === 1
   }
 
   async unlock (key: string, token: string): Promise<void> {
-    await this.#guard.offPath(() => this.#redis.run(DELETE_IF_HELD, [this.#lockKey(key)], [token]))
+    await this.#guard.offPath(() => this.#redis.run(RELEASE_LOCK, [this.#lockKey(key)], [token]))
   }
 }

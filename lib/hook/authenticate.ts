@@ -1,18 +1,26 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
-import type { Resolver, Verdict } from '../api-key-cache/resolver'
+import type { Resolved, Resolver, Verdict } from '../api-key-cache/resolver'
 import type { Counters, Rejection } from '../api-key-cache/stats'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
-import { ApiKeyInvalidError, ApiKeyMissingError } from '../errors'
+import { holdsScopes } from '../api-keys/scopes'
+import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError } from '../errors'
+import type { Telemetry } from '../telemetry'
+import type { UsageRecorder } from '../usage/usage-recorder'
 import { extractKey, MALFORMED, MISSING } from './extract-key'
-import { routeSettings } from './route-settings'
+import type { RequiredScopes, RouteSettings, RouteSettingsReader } from './route-settings'
 
 export interface AuthenticatorOptions {
   resolver: Resolver
   counters: Counters
+  telemetry: Telemetry
   header: string
   realm: string
   formatPrefix: string | undefined
+  /** The route settings prepared at registration (scopes and their challenge). */
+  routes: RouteSettingsReader
+  /** Counts accepted requests for `apiKeys.onUsage`; undefined without it. */
+  usage: UsageRecorder | undefined
 }
 
 export interface Authenticator {
@@ -23,14 +31,15 @@ export interface Authenticator {
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { resolver, counters, header, formatPrefix } = options
+  const { resolver, counters, telemetry, header, formatPrefix, routes, usage } = options
   const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
   const missingChallenge = `${scheme} realm="${options.realm}"`
   const invalidChallenge = scheme === 'Bearer' ? `${missingChallenge}, error="invalid_token"` : missingChallenge
 
-  function refuse (request: FastifyRequest, reply: FastifyReply, reason: Rejection, keyHash?: string): Error {
+  function refuse (request: FastifyRequest, reply: FastifyReply, reason: Rejection, keyHash: string | undefined, startedAt: number): Error {
     counters.rejections[reason]++
+    if (startedAt !== 0) telemetry.authenticated(reason, keyHash, startedAt)
     if (reason === 'missing') {
       request.log.debug('fastify-auth-cache: refused, no API key')
       reply.header('www-authenticate', missingChallenge)
@@ -41,28 +50,49 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     return new ApiKeyInvalidError()
   }
 
-  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict): void {
-    if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash)
-    request.apiKey = verdict
+  function forbid (request: FastifyRequest, reply: FastifyReply, keyHash: string, scopes: RequiredScopes, startedAt: number): Error {
+    counters.rejections.forbidden++
+    if (startedAt !== 0) telemetry.authenticated('forbidden', keyHash, startedAt)
+    request.log.debug({ keyHash, scopes: scopes.list }, 'fastify-auth-cache: refused, the API key lacks a scope of the route')
+    reply.header('www-authenticate', scopes.challenge)
+    return new ApiKeyForbiddenError()
   }
 
-  /** Throws the 401; returns a promise only when the cache must load. */
-  function authenticate (request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+  /** Authentication first (401), then the route's scopes (403); nothing here allocates on success. */
+  function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict,
+    settings: RouteSettings, source: Resolved['source'], startedAt: number): void {
+    if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash, startedAt)
+    const scopes = settings.scopes
+    if (scopes !== undefined && !holdsScopes(verdict, scopes.list)) throw forbid(request, reply, keyHash, scopes, startedAt)
+    if (usage !== undefined) usage.record(keyHash, verdict.id)
+    request.apiKey = verdict
+    if (startedAt !== 0) telemetry.authenticated(source, keyHash, startedAt)
+  }
+
+  /** Throws the 401 or 403; returns a promise only when the cache must load. */
+  function authenticate (request: FastifyRequest, reply: FastifyReply, settings: RouteSettings): void | Promise<void> {
+    // The clock is read only when someone watches the outcome.
+    const startedAt = telemetry.watchingRequests ? performance.now() : 0
     const key = extractKey(request, header)
-    if (key === MISSING) throw refuse(request, reply, 'missing')
-    if (key === MALFORMED) throw refuse(request, reply, 'malformed')
-    if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed')
+    if (key === MISSING) throw refuse(request, reply, 'missing', undefined, startedAt)
+    if (key === MALFORMED) throw refuse(request, reply, 'malformed', undefined, startedAt)
+    if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed', undefined, startedAt)
     const keyHash = hashApiKey(key)
     const verdict = resolver.resolve(keyHash, request)
-    if (verdict instanceof Promise) return verdict.then((loaded) => accept(request, reply, keyHash, loaded))
-    accept(request, reply, keyHash, verdict)
+    if (!(verdict instanceof Promise)) return accept(request, reply, keyHash, verdict, settings, 'hit', startedAt)
+    return verdict.then(
+      (resolved) => accept(request, reply, keyHash, resolved.verdict, settings, resolved.source, startedAt),
+      (err: unknown) => {
+        if (startedAt !== 0 && err instanceof ApiKeyLookupFailedError) telemetry.authenticated('lookup-failed', keyHash, startedAt)
+        throw err
+      })
   }
 
   function hook (this: unknown, request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
-    if (!routeSettings(request).authenticate) return done()
     let pending: void | Promise<void>
     try {
-      pending = authenticate(request, reply)
+      const settings = routes.settingsOf(request)
+      pending = settings.authenticate ? authenticate(request, reply, settings) : undefined
     } catch (err) {
       return done(err as Error)
     }
@@ -70,8 +100,13 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     else pending.then(() => done(), done)
   }
 
+  /**
+   * Authenticates whatever the route's `config.apiKey` says of the hook, and enforces its scopes.
+   * A request the hook already accepted on this route is not checked (nor counted) twice.
+   */
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    await authenticate(request, reply)
+    if (request.apiKey !== null) return
+    await authenticate(request, reply, routes.settingsOf(request))
   }
 
   return { hook: hook as onRequestHookHandler, verify }

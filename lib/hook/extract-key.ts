@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 
-export const MAX_KEY_LENGTH = 1024
+const MAX_KEY_LENGTH = 1024
 // Unicode's control characters (C0, DEL and C1); a key holding them is junk or an injection attempt.
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/ // eslint-disable-line no-control-regex
 const BEARER = /^bearer$/i

@@ -1,21 +1,44 @@
 import type { FastifyRequest, RouteOptions } from 'fastify'
+import { isScope } from '../api-keys/scopes'
+import { InvalidOptionError } from '../errors'
+
+/** The scopes a route requires, with the 403 challenge that names them, made once per route. */
+export interface RequiredScopes {
+  /** Non-empty, without repeats. */
+  readonly list: readonly string[]
+  /** `WWW-Authenticate` of the 403 (RFC 6750 §3.1). */
+  readonly challenge: string
+}
 
 /** What the hook needs to know of a route, prepared once when the route is declared. */
 export interface RouteSettings {
-  authenticate: boolean
+  /** Whether the `onRequest` hook authenticates the route (`config.apiKey !== false`). */
+  readonly authenticate: boolean
+  /** Undefined when any valid key will do. */
+  readonly scopes: RequiredScopes | undefined
 }
 
-const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true })
-const OPEN: RouteSettings = Object.freeze({ authenticate: false })
+const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined })
+const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined })
 
-const SETTINGS = Symbol('fastify-auth-cache.route')
-type ConfigWithSettings = Record<PropertyKey, unknown> & { [SETTINGS]?: RouteSettings }
+type Config = Record<PropertyKey, unknown>
 
-/** The `onRoute` hook: stores the route's settings in its config, which Fastify copies into the route's context. */
-export function prepareRoute (routeOptions: RouteOptions): void {
-  const config = (routeOptions.config ?? {}) as ConfigWithSettings
-  const prepared: ConfigWithSettings = { ...config, [SETTINGS]: config.apiKey === false ? OPEN : AUTHENTICATE }
-  routeOptions.config = prepared as RouteOptions['config']
+export interface RouteSettingsOptions {
+  /** 'ApiKey' or 'Bearer'. */
+  scheme: string
+  realm: string
+}
+
+export interface RouteSettingsReader {
+  /** The `onRoute` hook: validates `config.apiKey` and stores the route's settings in its config. */
+  prepareRoute (routeOptions: RouteOptions): void
+  /** The settings of the request's route, read through Fastify's route context. */
+  settingsOf (request: FastifyRequest): RouteSettings
+}
+
+function routeName (routeOptions: { method: RouteOptions['method'], url?: string }): string {
+  const method = Array.isArray(routeOptions.method) ? routeOptions.method.join(',') : routeOptions.method
+  return `${method} ${routeOptions.url}`
 }
 
 /**
@@ -29,14 +52,78 @@ function findContextSymbol (request: FastifyRequest): symbol | null {
   return Object.getOwnPropertySymbols(request).find((symbol) => symbol.description === 'fastify.context') ?? null
 }
 
-/**
- * The settings of the request's route. A route the plugin did not see being declared (the 404
- * handler, or a route added while the plugin was still loading) is authenticated: fail closed.
- */
-export function routeSettings (request: FastifyRequest): RouteSettings {
+function configOf (request: FastifyRequest): Config | undefined {
   if (contextSymbol === undefined) contextSymbol = findContextSymbol(request)
-  const config = (contextSymbol === null
+  return (contextSymbol === null
     ? request.routeOptions.config
-    : (request as unknown as Record<symbol, { config?: ConfigWithSettings }>)[contextSymbol].config) as ConfigWithSettings | undefined
-  return config?.[SETTINGS] ?? AUTHENTICATE
+    : (request as unknown as Record<symbol, { config?: Config }>)[contextSymbol].config) as Config | undefined
+}
+
+/**
+ * Route settings of one registration of the plugin, under a symbol of its own so that two
+ * registrations (another realm, another header) never read each other's challenges.
+ */
+export function createRouteSettings (options: RouteSettingsOptions): RouteSettingsReader {
+  const settingsKey = Symbol('fastify-auth-cache.route')
+  const forbiddenChallenge = `${options.scheme} realm="${options.realm}", error="insufficient_scope", scope="`
+  // Routes declared before the plugin, read on their first request (see settingsOf).
+  const unseen = new WeakMap<Config, RouteSettings>()
+
+  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[] }`; anything else throws. */
+  function parse (apiKey: unknown, route: string): RouteSettings {
+    if (apiKey === undefined || apiKey === true) return AUTHENTICATE
+    if (apiKey === false) return OPEN
+    const invalid = (why: string): never => {
+      throw new InvalidOptionError('config.apiKey', `on route ${route}: ${why}`)
+    }
+    if (typeof apiKey !== 'object' || apiKey === null || Array.isArray(apiKey)) {
+      return invalid('must be true, false or { scopes: string[] }')
+    }
+    for (const name of Object.keys(apiKey)) {
+      if (name !== 'scopes') invalid(`unknown property "${name}" (only "scopes" is known)`)
+    }
+    const { scopes } = apiKey as { scopes?: unknown }
+    if (scopes === undefined) return AUTHENTICATE
+    if (!Array.isArray(scopes)) return invalid('scopes must be an array of strings')
+    for (const [i, scope] of scopes.entries()) {
+      if (!isScope(scope)) invalid(`scopes[${i}] must be a non-empty string of printable ASCII without spaces, quotes or backslashes`)
+    }
+    const list: readonly string[] = Object.freeze([...new Set(scopes as string[])])
+    if (list.length === 0) return AUTHENTICATE
+    return Object.freeze({
+      authenticate: true,
+      scopes: Object.freeze({ list, challenge: `${forbiddenChallenge}${list.join(' ')}"` })
+    })
+  }
+
+  function prepareRoute (routeOptions: RouteOptions): void {
+    const config = (routeOptions.config ?? {}) as Config
+    const settings = parse(config.apiKey, routeName(routeOptions))
+    routeOptions.config = { ...config, [settingsKey]: settings } as RouteOptions['config']
+  }
+
+  /**
+   * A route the plugin did not see being declared (the 404 handler, or a route declared before
+   * the plugin was registered) is authenticated: fail closed. If its config asks for scopes,
+   * they are enforced too, read once on its first request; a bad `config.apiKey` then fails
+   * that request (500) rather than let it through.
+   */
+  function unseenRoute (config: Config | undefined, request: FastifyRequest): RouteSettings {
+    const apiKey = config?.apiKey
+    if (apiKey === undefined || typeof apiKey !== 'object' || apiKey === null) return AUTHENTICATE
+    let settings = unseen.get(config!)
+    if (settings === undefined) {
+      // An object always authenticates; only `false` (honoured at declaration only) opts out.
+      settings = parse(apiKey, routeName(request.routeOptions))
+      unseen.set(config!, settings)
+    }
+    return settings
+  }
+
+  function settingsOf (request: FastifyRequest): RouteSettings {
+    const config = configOf(request)
+    return (config?.[settingsKey] as RouteSettings | undefined) ?? unseenRoute(config, request)
+  }
+
+  return { prepareRoute, settingsOf }
 }

@@ -45,11 +45,13 @@ export interface RedisAdapter {
    */
   runReplicated (script: RedisScript, keys: string[], args: RedisArg[], replicas: number, timeoutMs: number): Promise<[unknown, number]>
   /**
-   * Whether the masters written to have replicas, as far as the client can tell (a Cluster
-   * whose nodes list some); false when it cannot know (a plain connection).
+   * Whether the master that holds `key` has a replica, as far as the client can tell (on a
+   * Cluster, from its node table); false when it cannot know (a plain connection).
    */
-  hasReplicas (): Promise<boolean>
+  hasReplica (key: string): Promise<boolean>
   getBuffer (key: string): Promise<Buffer | null>
+  /** The bytes and their TTL in ms (negative: none, or absent), read together. */
+  getBufferWithTtl (key: string): Promise<[Buffer | null, number]>
   set (key: string, value: string | Buffer, ttlMs?: number): Promise<void>
   /** SET NX PX; resolves true when set. */
   setIfAbsent (key: string, value: string, ttlMs: number): Promise<boolean>

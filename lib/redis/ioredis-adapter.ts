@@ -1,3 +1,4 @@
+import { replicaCheck } from './cluster-nodes'
 import type { RedisAdapter, RedisArg, RedisScanNode, RedisScript, RedisSubscriber, RedisSubscriberEvents } from './client'
 
 /**
@@ -73,13 +74,55 @@ function isRedirect (err: Error | null): boolean {
   return err !== null && /^(MOVED|ASK) /.test(err.message)
 }
 
-// How long the answer to "does this Cluster have replicas?" is reused.
-const REPLICAS_CACHE_MS = 5000
+/**
+ * An ioredis or iovalkey Cluster subscribes on a connection of its own to one node; when that
+ * connection ends, it quietly opens another and subscribes it again, and the Cluster itself
+ * emits nothing: messages published in between would be missed unnoticed. Its current
+ * subscriber connection (`subscriber.getInstance()`, which both libraries have but do not
+ * document) is followed here: its loss is reported, and its replacement as a return. Without it
+ * (another version), the bus's heartbeat deadline still notices a long silence.
+ */
+function followClusterSubscriber (connection: IoredisLike, events: RedisSubscriberEvents): () => void {
+  const source = connection.subscriber as { getInstance?: () => IoredisLike | null } | undefined
+  if (typeof source?.getInstance !== 'function') return () => {}
+  let current: IoredisLike | null = null
+  const onLost = (): void => events.lost()
+  const onEnd = (): void => {
+    events.lost()
+    follow()
+  }
+  const onReady = (): void => events.ready()
+  function follow (): void {
+    const instance = source!.getInstance!() ?? null
+    if (instance === current) return
+    current?.removeListener('close', onLost)
+    current?.removeListener('end', onEnd)
+    current?.removeListener('ready', onReady)
+    current = instance
+    if (instance === null) return
+    instance.on('close', onLost)
+    instance.on('end', onEnd)
+    instance.on('ready', onReady)
+    // The replacement connects with its first command: subscribing there now opens it.
+    events.ready()
+  }
+  // The Cluster picks a subscriber when it is ready, and again when a node appears after it had none.
+  connection.on('ready', follow)
+  connection.on('+node', follow)
+  follow()
+  return () => {
+    connection.removeListener('ready', follow)
+    connection.removeListener('+node', follow)
+    current?.removeListener('close', onLost)
+    current?.removeListener('end', onEnd)
+    current?.removeListener('ready', onReady)
+  }
+}
 
 export function ioredisAdapter (client: IoredisLike): RedisAdapter {
   const cluster = client.isCluster === true && typeof client.nodes === 'function'
-  let replicasKnown = false
-  let replicasKnownAt: number | undefined
+  // ioredis puts its keyPrefix in front of the keys it is given: the slot is that of the result.
+  const withPrefix = (check: (storedKey: string) => Promise<boolean>) => (key: string) => check(prefixOf(client) + key)
   return {
     keyPrefix: prefixOf(client),
 
@@ -104,23 +147,15 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
       return [results[0][1], Number(results[1][1])]
     },
 
-    async hasReplicas () {
-      if (!cluster) return false
-      const now = performance.now()
-      if (replicasKnownAt === undefined || now - replicasKnownAt > REPLICAS_CACHE_MS) {
-        // The client's own slot map omits replicas whose replication offset it has not heard of
-        // yet; the cluster's node table lists every replica that has not failed.
-        const table = String(await client.cluster('NODES'))
-        replicasKnown = table.split('\n').some((line) => {
-          const flags = line.split(' ')[2]?.split(',') ?? []
-          return flags.includes('slave') && !flags.includes('fail') && !flags.includes('noaddr')
-        })
-        replicasKnownAt = now
-      }
-      return replicasKnown
-    },
+    hasReplica: cluster ? withPrefix(replicaCheck(async () => String(await client.cluster('NODES')))) : async () => false,
 
     getBuffer: (key) => client.getBuffer(key),
+    async getBufferWithTtl (key) {
+      // One pipeline, one connection: the two replies are adjacent.
+      const results = (await client.pipeline().getBuffer(key).pttl(key).exec()) ?? []
+      for (const [err] of results) if (err) throw err
+      return [results[0][1] as Buffer | null, Number(results[1][1])]
+    },
     async set (key, value, ttlMs) {
       await (ttlMs === undefined ? client.set(key, value) : client.set(key, value, 'PX', ttlMs))
     },
@@ -138,9 +173,11 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
 
     subscriber (name: string, events: RedisSubscriberEvents): RedisSubscriber {
       const settings = { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: name }
-      // Cluster.duplicate takes the startup nodes first; the copy keeps TLS, auth and Sentinel settings.
+      // Cluster.duplicate takes the startup nodes first; the copy keeps TLS, auth and Sentinel
+      // settings. ioredis merges the redisOptions given with the cluster's own, iovalkey replaces
+      // them: merged here, so that neither loses the user's password or TLS.
       const connection: IoredisLike = cluster
-        ? client.duplicate([], { redisOptions: settings })
+        ? client.duplicate([], { redisOptions: { ...client.options?.redisOptions, ...settings } })
         : client.duplicate({ ...settings, retryStrategy: (times: number) => Math.min(times * 50, 500) })
       const onLost = (): void => events.lost()
       const onReady = (): void => events.ready()
@@ -151,6 +188,7 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
       connection.on('end', onLost)
       connection.on('ready', onReady)
       connection.on('error', onError)
+      const stopFollowing = cluster ? followClusterSubscriber(connection, events) : () => {}
       return {
         async subscribe (channels) {
           await connection.subscribe(...channels)
@@ -159,6 +197,7 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
           connection.removeListener('close', onLost)
           connection.removeListener('end', onLost)
           connection.removeListener('ready', onReady)
+          stopFollowing()
           // While Redis is unreachable, QUIT waits behind the queued SUBSCRIBE for ever: bound it.
           let timer: NodeJS.Timeout | undefined
           const bound = new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })
@@ -170,7 +209,9 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
     },
 
     onReconnect (listener) {
-      // 'ready' also fires for the first connection, which has lost nothing.
+      // 'ready' also fires for the first connection, which has lost nothing. A Cluster says
+      // 'close' and 'ready' only when it lost every node at once; a node it lost alone (a master
+      // restarted, say) leaves with '-node' and comes back with '+node'.
       let lost = false
       const onLost = (): void => { lost = true }
       const onReady = (): void => {
@@ -178,11 +219,11 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
         lost = false
         listener()
       }
-      client.on('close', onLost)
-      client.on('ready', onReady)
+      const events: Array<[string, () => void]> = [['close', onLost], ['ready', onReady]]
+      if (cluster) events.push(['-node', onLost], ['+node', onReady])
+      for (const [event, handler] of events) client.on(event, handler)
       return () => {
-        client.removeListener('close', onLost)
-        client.removeListener('ready', onReady)
+        for (const [event, handler] of events) client.removeListener(event, handler)
       }
     }
   }

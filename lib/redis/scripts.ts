@@ -10,42 +10,134 @@ import type { RedisScript } from './client'
 
 /**
  * A fill's claim, stored under the record's own key while `lookup` runs: not JSON, so every
- * reader sees a miss. Only the claim's owner may replace it with an answer.
+ * reader sees a miss. It reads `~claim:<token>|<stale until, epoch ms>|<stale record>`: the
+ * record it replaced, while that may still be served stale (staleIfErrorSeconds), travels in
+ * it, so that other processes whose lookup fails meanwhile can still serve it. Only the
+ * claim's owner may replace it with an answer.
  */
-export const CLAIM_MARK = '~claim:'
+const CLAIM_MARK = '~claim:'
+
+const NOW_MS = `
+local function nowMs ()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+`
 
 /**
- * KEYS: record. ARGV: largest value worth returning (bytes), '1' to return the PTTL, the claim
- * to leave on a miss ('' for none), the claim's TTL in ms.
- * Returns { value or false, PTTL (when asked), 1 when the claim was left }.
- * Anything under the key that is not a value we wrote (another type, oversized, a claim) is a
- * miss. On a miss the claim replaces it; a full Redis refuses the claim, and then no fill follows.
+ * KEYS: record. ARGV: largest value worth returning (bytes), '1' to return the TTL, the
+ * claim's token ('' for none), the claim's TTL in ms, the stale window in ms.
+ * Returns { value or false, fresh TTL in ms (when asked, or with a stale window), 1 when a
+ * claim was left, a record past its fresh life but within the stale window, or false }.
+ * An entry lives its fresh TTL plus the stale window; it is fresh while more than the stale
+ * window is left. Anything under the key that is not a value we wrote (another type,
+ * oversized) is a miss. On a miss the claim replaces what is there (a stale record travels
+ * in it); a full Redis refuses the claim, and then no fill follows.
  */
 export const READ_RECORD: RedisScript = {
   name: 'read',
   keys: 1,
-  lua: `
+  lua: NOW_MS + `
+local staleMs = tonumber(ARGV[5])
+local stale = false
+local staleUntil = 0
 local okLength, length = pcall(redis.call, 'STRLEN', KEYS[1])
 if okLength and length > 0 and length <= tonumber(ARGV[1]) then
   local value = redis.call('GET', KEYS[1])
   if string.sub(value, 1, ${CLAIM_MARK.length}) ~= '${CLAIM_MARK}' then
-    if ARGV[2] == '1' then return { value, redis.call('PTTL', KEYS[1]), 0 } end
-    return { value, 0, 0 }
+    if staleMs == 0 then
+      if ARGV[2] == '1' then return { value, redis.call('PTTL', KEYS[1]), 0, false } end
+      return { value, 0, 0, false }
+    end
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl < 0 then return { value, ttl, 0, false } end
+    if ttl > staleMs then return { value, ttl - staleMs, 0, false } end
+    stale = value
+    staleUntil = nowMs() + ttl
+  else
+    local first = string.find(value, '|', 1, true)
+    local second = first and string.find(value, '|', first + 1, true)
+    if second then
+      local untilMs = tonumber(string.sub(value, first + 1, second - 1)) or 0
+      if untilMs > nowMs() then
+        stale = string.sub(value, second + 1)
+        staleUntil = untilMs
+      end
+    end
   end
 end
-if ARGV[3] == '' then return { false, 0, 0 } end
-local claimed = pcall(redis.call, 'SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-return { false, 0, claimed and 1 or 0 }
+if ARGV[3] == '' then return { false, 0, 0, stale } end
+local ttl = tonumber(ARGV[4])
+if stale then ttl = math.max(ttl, staleUntil - nowMs()) end
+local claim = '${CLAIM_MARK}' .. ARGV[3] .. '|' .. staleUntil .. '|' .. (stale or '')
+local claimed = pcall(redis.call, 'SET', KEYS[1], claim, 'PX', ttl)
+return { false, 0, claimed and 1 or 0, stale }
 `
 }
 
+/** The start of every claim made with `token`. */
+export function claimOf (token: string): string {
+  return `${CLAIM_MARK}${token}|`
+}
+
 /**
- * KEYS: record. ARGV: the claim left by READ_RECORD, the value, its TTL in ms.
+ * KEYS: record. ARGV: the claim's start (`claimOf(token)`), the value, its TTL in ms.
  * Writes only while the key still holds that very claim: a delete, a clear, an eviction or
  * another process's claim since then all refuse the fill. Returns 1 when written.
  */
 export const FILL_RECORD: RedisScript = {
   name: 'fill',
+  keys: 1,
+  lua: `
+local ok, current = pcall(redis.call, 'GET', KEYS[1])
+if not ok or not current or string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+`
+}
+
+/**
+ * KEYS: record. ARGV: the claim's start. No fill follows the claim: it is removed, unless a
+ * stale record travels in it, which then stays for the others until its window ends.
+ */
+export const RELEASE_CLAIM: RedisScript = {
+  name: 'releaseClaim',
+  keys: 1,
+  lua: `
+local ok, current = pcall(redis.call, 'GET', KEYS[1])
+if not ok or not current or string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+local first = string.find(current, '|', string.len(ARGV[1]) + 1, true)
+if first and first < string.len(current) then return 0 end
+return redis.call('DEL', KEYS[1])
+`
+}
+
+/**
+ * KEYS: record, renewal lease. ARGV: the stale window in ms, the lease's TTL in ms.
+ * Refresh-ahead, step one: returns { value or false, its fresh TTL in ms, 1 when this caller
+ * took the lease }. One process at a time renews a key; an evicted lease only lets a second one
+ * renew too, and a full Redis refuses it, and then nobody renews (entries end normally).
+ */
+export const BEGIN_RENEWAL: RedisScript = {
+  name: 'beginRenewal',
+  keys: 2,
+  lua: `
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if not ok or (value and string.sub(value, 1, ${CLAIM_MARK.length}) == '${CLAIM_MARK}') then value = false end
+local ttl = 0
+if value then ttl = redis.call('PTTL', KEYS[1]) - tonumber(ARGV[1]) end
+local okSet, reply = pcall(redis.call, 'SET', KEYS[2], '1', 'PX', ARGV[2], 'NX')
+return { value, ttl, (okSet and reply) and 1 or 0 }
+`
+}
+
+/**
+ * KEYS: record. ARGV: the value a refresh-ahead read, the renewed value, its TTL in ms.
+ * Renews only while the key still holds exactly what was read: a delete, a clear or an
+ * eviction since then refuses it. Returns 1 when written.
+ */
+export const RENEW_RECORD: RedisScript = {
+  name: 'renew',
   keys: 1,
   lua: `
 local ok, current = pcall(redis.call, 'GET', KEYS[1])
@@ -69,9 +161,9 @@ return 1
 `
 }
 
-/** KEYS: a lock or a claim. ARGV: its token. Deletes the key only while it still holds that token. */
-export const DELETE_IF_HELD: RedisScript = {
-  name: 'release',
+/** KEYS: lock. ARGV: token. Deletes the lock only while it is still ours. */
+export const RELEASE_LOCK: RedisScript = {
+  name: 'unlock',
   keys: 1,
   lua: `
 local ok, current = pcall(redis.call, 'GET', KEYS[1])
@@ -81,8 +173,8 @@ return 0
 }
 
 /**
- * KEYS: value, lock. ARGV: token, bytes, ttl ms ('0' for none).
- * Saves and releases only while the lock is still ours; returns 0 when it was lost.
+ * KEYS: value, lock. ARGV: token, bytes, ttl ms ('0' for none), channel ('' for none), message.
+ * Saves, releases and announces only while the lock is still ours; returns 0 when it was lost.
  */
 export const SAVE_AND_RELEASE: RedisScript = {
   name: 'saveUnlock',
@@ -95,6 +187,25 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 redis.call('DEL', KEYS[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+`
+}
+
+/**
+ * KEYS: value. ARGV: bytes, ttl ms ('0' for none), channel, message.
+ * Saves and announces in one step, so no process can miss a change that landed.
+ */
+export const SAVE_AND_ANNOUNCE: RedisScript = {
+  name: 'saveAnnounce',
+  keys: 1,
+  lua: `
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `
 }

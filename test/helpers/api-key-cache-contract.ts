@@ -11,7 +11,18 @@ import {
 import { KeySource, record } from './key-source'
 import { deferred, until } from './wait'
 
-export type ContractRedis = Redis | Cluster
+/**
+ * A client of any library the plugin supports (ioredis, iovalkey, node-redis; single node or
+ * Cluster), as the apps get it. The suite only hands it to the plugin and closes it; every
+ * supported library has `quit` and `disconnect`.
+ */
+export interface ContractRedis {
+  quit (): Promise<unknown>
+  disconnect (): unknown
+}
+
+/** The client the suite looks at Redis with: ioredis, whatever library the apps use. */
+export type InspectRedis = Redis | Cluster
 
 /**
  * What the contract suite needs from the caller. The functions are called only inside tests,
@@ -19,13 +30,16 @@ export type ContractRedis = Redis | Cluster
  */
 export interface ApiKeyCacheContractFixture {
   backend: BackendName
-  /** A fresh client for one app; the suite closes it after the app. Never called for 'memory'. */
-  createClient?: () => ContractRedis
+  /**
+   * A fresh client for one app, ready to use (node-redis clients connected); the suite closes it
+   * after the app. Never called for 'memory'.
+   */
+  createClient?: () => ContractRedis | Promise<ContractRedis>
   /**
    * A client without an ioredis keyPrefix, for raw looks at exact keys (GET, EXISTS, PTTL,
    * SET): never KEYS or SCAN, so that it works on a Cluster too. Never called for 'memory'.
    */
-  inspect?: () => ContractRedis
+  inspect?: () => InspectRedis
 }
 
 const TEST_TIMEOUT_MS = 30_000
@@ -55,7 +69,7 @@ export interface AppSettings {
  */
 export async function buildApp (t: TestContext, fixture: ApiKeyCacheContractFixture, settings: AppSettings = {}): Promise<FastifyInstance> {
   const source = settings.source ?? new KeySource()
-  const ownClient = fixture.backend === 'memory' || settings.client !== undefined ? undefined : fixture.createClient!()
+  const ownClient = fixture.backend === 'memory' || settings.client !== undefined ? undefined : await fixture.createClient!()
   const client = settings.client ?? ownClient
   const app = Fastify({ logger: false })
   t.after(async () => {
@@ -411,7 +425,7 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
 
     async function checkClear (t: TestContext, mine: string, theirs: string): Promise<void> {
       // One client shared by both apps, as with one @fastify/redis connection and two plugins.
-      const client = usesRedis ? fixture.createClient!() : undefined
+      const client = usesRedis ? await fixture.createClient!() : undefined
       const mySource = new KeySource()
       const theirSource = new KeySource()
       let app: FastifyInstance
@@ -505,7 +519,8 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
         lookupErrors: 3,
         backendErrors: 0,
         invalidations: 0,
-        rejections: { missing: 1, malformed: 1, unknown: 2, inactive: 2, expired: 1 }
+        rejections: { missing: 1, malformed: 1, unknown: 2, inactive: 2, expired: 1, forbidden: 0 },
+        usageDropped: 0
       }
       for (const [name, value] of Object.entries(expected)) {
         assert.deepEqual(stats[name as keyof ApiKeyCacheStats], value, name)

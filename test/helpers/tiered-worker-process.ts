@@ -30,6 +30,8 @@ export interface WatchOutcome {
   accepted: number
   /** Wall-clock ms when the last accepted request completed. */
   lastAcceptedAt: number
+  /** Wall-clock ms when the last accepted request was sent. */
+  lastAcceptedStartedAt: number
   /** Undefined when the watch timed out without a refusal. */
   refused: RequestOutcome | undefined
 }

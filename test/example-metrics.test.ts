@@ -1,0 +1,25 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { buildExampleApp } from '../examples/app'
+import { startPrometheus } from '../examples/metrics'
+
+test('the example server exposes the plugin\'s metrics to Prometheus at /metrics, unauthenticated', async (t) => {
+  const metrics = await startPrometheus()
+  assert.ok(metrics !== undefined, '@opentelemetry/exporter-prometheus is a devDependency')
+  const { app, demoKey } = await buildExampleApp({ metrics })
+  t.after(() => app.close())
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  assert.equal((await fetch(`${base}/whoami`, { headers: { 'x-api-key': demoKey.key } })).status, 200)
+  assert.equal((await fetch(`${base}/whoami`, { headers: { 'x-api-key': demoKey.key } })).status, 200)
+  assert.equal((await fetch(`${base}/whoami`)).status, 401)
+  const response = await fetch(`${base}/metrics`)
+  assert.equal(response.status, 200)
+  const text = await response.text()
+  assert.match(text, /fastify_auth_cache_requests_total\{outcome="miss",backend="memory"[^}]*\} 1/)
+  assert.match(text, /fastify_auth_cache_requests_total\{outcome="hit",backend="memory"[^}]*\} 1/)
+  assert.match(text, /fastify_auth_cache_requests_total\{outcome="missing",backend="memory"[^}]*\} 1/)
+  assert.match(text, /fastify_auth_cache_lookup_duration_count\{[^}]*\} 1/)
+  assert.match(text, /fastify_auth_cache_entries\{[^}]*\} 1/)
+  assert.ok(!text.includes(demoKey.key), 'no plaintext key')
+})
