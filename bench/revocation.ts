@@ -1,6 +1,8 @@
+import { join } from 'node:path'
+import { Child } from '../test/helpers/child-process'
 import { startRedis } from '../test/helpers/redis-server'
-import { Peer } from './ipc'
-import { percentile } from './percentiles'
+import { within } from '../test/helpers/wait'
+import { percentile, sortedCopy } from './percentiles'
 import type { Figure } from './report'
 import type { CreatedKey, Refusal, Revocation } from './tiered-peer'
 
@@ -11,11 +13,12 @@ import type { CreatedKey, Refusal, Revocation } from './tiered-peer'
 
 /** A deletes a key that B serves from process memory; B's first refusal is timed from the delete call. */
 export async function measureRevocation (redisUrl: string, revocations: number): Promise<{ figures: Figure[], p99: number }> {
-  const config = (name: string): object => ({ name, cacheRedisUrl: redisUrl, dbRedisUrl: redisUrl })
-  const [{ peer: a }, { peer: b }] = await Promise.all([
-    Peer.start('peer A', 'tiered-peer.ts', config('A')),
-    Peer.start('peer B', 'tiered-peer.ts', config('B'))
-  ])
+  const peer = (name: string): Promise<Child> => Child.start({
+    name: `peer ${name}`,
+    file: join(__dirname, 'tiered-peer.ts'),
+    args: [JSON.stringify({ name, cacheRedisUrl: redisUrl, dbRedisUrl: redisUrl })]
+  })
+  const [a, b] = await Promise.all([peer('A'), peer('B')])
   try {
     const waiting = new Map<string, (refusal: Refusal) => void>()
     b.on('refused', (message) => waiting.get(message.hash as string)?.(message as unknown as Refusal))
@@ -23,16 +26,13 @@ export async function measureRevocation (redisUrl: string, revocations: number):
     const fromReturn: number[] = []
     let beforeReturn = 0
     for (let i = 0; i < revocations; i++) {
-      const { key, hash } = await a.request<CreatedKey>('create')
-      await b.request('warm', { key })
+      const { key, hash } = await a.call<CreatedKey>('create')
+      await b.call('warm', { key })
       const refused = new Promise<Refusal>((resolve) => waiting.set(hash, resolve))
-      await b.request('watch', { key })
-      const revocation = await a.request<Revocation>('revoke', { hash })
+      await b.call('watch', { key })
+      const revocation = await a.call<Revocation>('revoke', { hash })
       if (revocation.error !== undefined) throw new Error(`delete failed: ${revocation.error}`)
-      let timer: NodeJS.Timeout | undefined
-      const refusal = await Promise.race([refused, new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error('peer B reported nothing within 10 s of the delete')), 10_000)
-      })]).finally(() => clearTimeout(timer))
+      const refusal = await within('peer B reported its first refusal after the delete', refused, 10_000)
       waiting.delete(hash)
       if (refusal.error !== undefined) throw new Error(`peer B: ${refusal.error}`)
       if (refusal.at === null) throw new Error('peer B still accepted a revoked key 5 s after the delete')
@@ -41,8 +41,8 @@ export async function measureRevocation (redisUrl: string, revocations: number):
       fromReturn.push(Math.max(0, refusal.at - revocation.endedAt))
       if (refusal.at < revocation.endedAt) beforeReturn++
     }
-    const call = Float64Array.from(fromCall).sort()
-    const ret = Float64Array.from(fromReturn).sort()
+    const call = sortedCopy(fromCall)
+    const ret = sortedCopy(fromReturn)
     const stat = (s: Float64Array): string =>
       `p50 ${percentile(s, 50).toFixed(2)} ms, p99 ${percentile(s, 99).toFixed(2)} ms, max ${s[s.length - 1].toFixed(2)} ms`
     return {

@@ -6,11 +6,11 @@ import { promisify } from 'node:util'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import type { ApiKeyCacheStats } from '../lib'
+import { Child } from '../test/helpers/child-process'
 import { startRedis, type RedisServer } from '../test/helpers/redis-server'
 import { figuresFromResults, resultsChart } from './chart'
 import type { CredentialFigure } from './credentials'
 import type { HotPathFigure } from './hot-path'
-import { Peer } from './ipc'
 import { benchKeys } from './keys'
 import { RowLoad, type LoadResult, type LoadSettings } from './load'
 import { median, percentile, SampleBuffer } from './percentiles'
@@ -70,7 +70,7 @@ function shuffled<T> (items: T[]): T[] {
 
 interface RowState {
   row: Row
-  peer: Peer
+  peer: Child
   load: RowLoad
   rates: number[]
   latencies: SampleBuffer
@@ -88,11 +88,11 @@ async function startRows (rows: Row[], redisUrl: string): Promise<RowState[]> {
       const config: ServerConfig = { row, redisUrl, redisPrefix: `bench:row${start + i}:` }
       // One directory per row: tsx's loader thread writes a profile of its own beside the main thread's.
       const profile = PROFILE_DIR === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', join(PROFILE_DIR, `row${start + i}`)]
-      const { peer, ready } = await Peer.start(row.label, 'server.ts', config, profile)
+      const peer = await Child.start({ name: row.label, file: join(__dirname, 'server.ts'), args: [JSON.stringify(config)], nodeArgs: profile })
       return {
         row,
         peer,
-        load: new RowLoad(row, benchKeys(row.keys), ready.port as number, LOAD),
+        load: new RowLoad(row, benchKeys(row.keys), peer.ready.port as number, LOAD),
         rates: [],
         latencies: new SampleBuffer(),
         statuses: {},
@@ -112,7 +112,7 @@ function onlyOk (state: RowState, result: LoadResult, phase: string): void {
 }
 
 const stats = async (state: RowState): Promise<ApiKeyCacheStats | undefined> =>
-  (await state.peer.request<ApiKeyCacheStats | null>('stats')) ?? undefined
+  (await state.peer.call<ApiKeyCacheStats | null>('stats')) ?? undefined
 
 /**
  * Fills each row's cache with its whole table, then lets the JIT settle. A fill that failed
@@ -138,9 +138,9 @@ async function measure (states: RowState[]): Promise<void> {
     for (const state of shuffled(states)) {
       collectGarbage()
       await sleep(SETTLE_MS)
-      const cpuBefore = await state.peer.request<number>('cpu')
+      const cpuBefore = await state.peer.call<number>('cpu')
       const result = await state.load.run({ seconds: ROUND_SECONDS })
-      state.cpuMicros += await state.peer.request<number>('cpu') - cpuBefore
+      state.cpuMicros += await state.peer.call<number>('cpu') - cpuBefore
       state.completed += result.completed
       state.rates.push(result.completed / result.seconds)
       state.latencies.append(result.latencies)

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
+import { answerParent, tellParent } from '../test/helpers/child-process'
 import fastifyAuthCache from '../lib'
-import { answerParent, send } from './ipc'
 
 /**
  * One Node process of the scale benchmark (bench/scale.ts): it hosts `apps` idle Fastify apps on
@@ -54,7 +54,7 @@ async function main (): Promise<void> {
     await app.ready()
     apps.push(app)
   }
-  send({ event: 'ready', apps: apps.length })
+  tellParent('ready', { apps: apps.length })
 }
 
 main().catch((err: unknown) => {

@@ -1,7 +1,8 @@
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Redis from 'ioredis'
+import { Child } from '../test/helpers/child-process'
 import { startRedis } from '../test/helpers/redis-server'
-import { Peer } from './ipc'
 import type { HostCpu, ScaleHostConfig } from './scale-host'
 
 /**
@@ -67,16 +68,16 @@ async function counters (admin: Redis): Promise<{ cpu: number, output: number, c
 
 async function measure (redisUrl: string, admin: Redis, instances: number): Promise<Row> {
   const hosts = Math.min(HOSTS, instances)
-  const peers: Peer[] = []
+  const peers: Child[] = []
   const observer = new Redis(redisUrl)
   observer.on('error', () => {})
   try {
     const started = await Promise.all(Array.from({ length: hosts }, (_, i) => {
       const apps = Math.floor(instances / hosts) + (i < instances % hosts ? 1 : 0)
       const config: ScaleHostConfig = { name: `h${i}`, redisUrl, apps }
-      return Peer.start(`scale host ${i}`, 'scale-host.ts', config, [], 180_000)
+      return Child.start({ name: `scale host ${i}`, file: join(__dirname, 'scale-host.ts'), args: [JSON.stringify(config)], startTimeoutMs: 180_000 })
     }))
-    for (const { peer } of started) peers.push(peer)
+    peers.push(...started)
     await sleep(SETTLE_MS)
 
     const published = new Map<string, number>()
@@ -85,13 +86,13 @@ async function measure (redisUrl: string, admin: Redis, instances: number): Prom
     })
     await observer.psubscribe('fastify-auth-cache:*')
 
-    const cpuBefore = await Promise.all(peers.map((peer) => peer.request<HostCpu>('cpu')))
+    const cpuBefore = await Promise.all(peers.map((peer) => peer.call<HostCpu>('cpu')))
     const before = await counters(admin)
     const startedAt = performance.now()
     await sleep(WINDOW_MS)
     const after = await counters(admin)
     const seconds = (performance.now() - startedAt) / 1000
-    const cpuAfter = await Promise.all(peers.map((peer) => peer.request<HostCpu>('cpu')))
+    const cpuAfter = await Promise.all(peers.map((peer) => peer.call<HostCpu>('cpu')))
     await observer.punsubscribe()
 
     let delivered = 0

@@ -1,8 +1,8 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import bearerAuth from '@fastify/bearer-auth'
 import Redis from 'ioredis'
+import { answerParent, tellParent } from '../test/helpers/child-process'
 import fastifyAuthCache, { hashApiKey } from '../lib'
-import { answerParent, send } from './ipc'
 import { benchKeys } from './keys'
 import type { ServerConfig } from './rows'
 
@@ -82,7 +82,7 @@ async function main (): Promise<void> {
   }, shutdown)
   await app.listen({ host: '127.0.0.1', port: 0 })
   const address = app.server.address() as { port: number }
-  send({ event: 'ready', port: address.port })
+  tellParent('ready', { port: address.port })
 }
 
 main().catch((err) => {

@@ -1,9 +1,10 @@
 import { Agent, request as httpRequest } from 'node:http'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
+import { Child } from '../test/helpers/child-process'
 import { startRedis, type RedisServer } from '../test/helpers/redis-server'
 import { sharedClockMs } from './clock'
-import { Peer } from './ipc'
 import type { CreatedKey, Revocation, TieredPeerConfig } from './tiered-peer'
 
 /**
@@ -70,7 +71,7 @@ class Soak {
   private readonly agents: Agent[]
   private readonly revocations = new Set<Promise<void>>()
 
-  constructor (private readonly peers: Peer[], private readonly ports: number[]) {
+  constructor (private readonly peers: Child[], private readonly ports: number[]) {
     this.agents = ports.map(() => new Agent({ keepAlive: true, maxSockets: CONCURRENCY }))
   }
 
@@ -127,7 +128,7 @@ class Soak {
   async lifecycle (): Promise<void> {
     while (this.running) {
       while (this.live.length < LIVE_KEYS) {
-        const created = await this.peers[Math.floor(Math.random() * 2)].request<CreatedKey>('create')
+        const created = await this.peers[Math.floor(Math.random() * 2)].call<CreatedKey>('create')
         const key: TrackedKey = { created, state: 'live', createdAt: sharedClockMs(), lastAccepted: [-Infinity, -Infinity] }
         this.keys.push(key)
         this.live.push(key)
@@ -140,7 +141,7 @@ class Soak {
         this.revoked.push(oldest)
         oldest.state = 'revoking'
         oldest.revokedBy = Math.floor(Math.random() * 2)
-        const done = this.peers[oldest.revokedBy].request<Revocation>('revoke', { hash: oldest.created.hash }).then((revocation) => {
+        const done = this.peers[oldest.revokedBy].call<Revocation>('revoke', { hash: oldest.created.hash }).then((revocation) => {
           oldest.revocation = revocation
           oldest.state = 'revoked'
           if (revocation.error !== undefined) this.revocationErrors++
@@ -199,7 +200,7 @@ function summary (verdicts: Verdict[], bound: number): string {
 async function main (): Promise<void> {
   let cacheRedis: RedisServer | undefined
   let dbRedis: RedisServer | undefined
-  const peers: Peer[] = []
+  const peers: Child[] = []
   let admin: Redis | undefined
   let progress: NodeJS.Timeout | undefined
   try {
@@ -208,9 +209,9 @@ async function main (): Promise<void> {
     const ports: number[] = []
     for (const name of ['P0', 'P1']) {
       const config: TieredPeerConfig = { name, cacheRedisUrl: cacheRedis.url, dbRedisUrl: dbRedis.url, backend: BACKEND }
-      const { peer, ready } = await Peer.start(name, 'tiered-peer.ts', config)
+      const peer = await Child.start({ name, file: join(__dirname, 'tiered-peer.ts'), args: [JSON.stringify(config)] })
       peers.push(peer)
-      ports.push(ready.port as number)
+      ports.push(peer.ready.port as number)
     }
     const control = admin = cacheRedis.client()
     const soak = new Soak(peers, ports)

@@ -1,9 +1,9 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import Fastify from 'fastify'
 import Redis from 'ioredis'
+import { answerParent, tellParent } from '../test/helpers/child-process'
 import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord } from '../lib'
 import { sharedClockMs } from './clock'
-import { answerParent, send } from './ipc'
 
 /**
  * One application process of a tiered deployment, for the revocation benchmark and the soak.
@@ -108,17 +108,17 @@ async function main (): Promise<void> {
           } else {
             const at = sharedClockMs()
             if (!armed) return reject(new Error(`the key was answered ${code} before revocation`))
-            return send({ event: 'refused', hash, at, status: code })
+            return tellParent('refused', { hash, at, status: code })
           }
           // Lets the invalidation, which arrives as I/O, in between two requests.
           await yieldToEventLoop()
         }
         if (!armed) reject(new Error('the key was never accepted'))
-        else send({ event: 'refused', hash, at: null })
+        else tellParent('refused', { hash, at: null })
       }
       loop().catch((err: Error) => {
         if (!armed) reject(err)
-        else send({ event: 'refused', hash, at: null, error: err.message })
+        else tellParent('refused', { hash, at: null, error: err.message })
       })
     }),
 
@@ -129,7 +129,7 @@ async function main (): Promise<void> {
   })
 
   await app.listen({ host: '127.0.0.1', port: 0 })
-  send({ event: 'ready', port: (app.server.address() as { port: number }).port })
+  tellParent('ready', { port: (app.server.address() as { port: number }).port })
 }
 
 main().catch((err) => {

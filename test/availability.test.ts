@@ -3,10 +3,10 @@ import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import { hashApiKey } from '../lib'
-import {
-  buildApp, call, deferred, KeySource, newKey, newPrefix, record, until, type ApiKeyCacheContractFixture
-} from './helpers/api-key-cache-contract'
+import { buildApp, call, newKey, newPrefix, type ApiKeyCacheContractFixture } from './helpers/api-key-cache-contract'
+import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
+import { deferred, until } from './helpers/wait'
 
 /**
  * CONTRACT section 9 on every backend: a bounded lookup, stale-if-error, refresh-ahead. The

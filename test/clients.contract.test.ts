@@ -9,14 +9,16 @@ import { fastifyAuthCache, hashApiKey, type BackendName } from '../lib'
 import { adaptRedis } from '../lib/redis/adapt'
 import { DELETE_RECORD } from '../lib/redis/scripts'
 import {
-  apiKeyCacheContract, call, KeySource, newKey, newPrefix, record, until,
+  apiKeyCacheContract, call, newKey, newPrefix,
   type ContractRedis, type InspectRedis
 } from './helpers/api-key-cache-contract'
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { credentialStoreContract } from './helpers/credentials-contract'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { startRedisCluster, type RedisCluster } from './helpers/redis-cluster'
+import { KeySource, record } from './helpers/key-source'
 import { freePort, startRedis, usePrivateRedis } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 /**
  * CONTRACT section 11: sections 2-10 hold on every supported client library. The API-key and

@@ -6,9 +6,11 @@ import fastifyRedis from '@fastify/redis'
 import type { Cluster } from 'ioredis'
 import { fastifyAuthCache, hashApiKey, type BackendName, type FastifyAuthCacheOptions } from '../lib'
 import {
-  apiKeyCacheContract, call, KeySource, newKey, newPrefix, record, until
+  apiKeyCacheContract, call, newKey, newPrefix
 } from './helpers/api-key-cache-contract'
+import { KeySource, record } from './helpers/key-source'
 import { startRedisCluster, type RedisCluster } from './helpers/redis-cluster'
+import { until } from './helpers/wait'
 
 let redis: RedisCluster
 let inspect: Cluster
@@ -34,7 +36,10 @@ interface ClusterApp {
   source: KeySource
 }
 
-/** An app on its own Cluster connection (as a separate process would have), closed after the test. */
+/**
+ * An app on its own Cluster connection (as a separate process would have), closed after the test.
+ * Not the contract's `buildApp`: the plugin's defaults (redisTimeoutMs too) and any other option, such as credentials.
+ */
 async function clusterApp (t: TestContext, backend: BackendName, extra: Omit<FastifyAuthCacheOptions, 'backend' | 'redis'> = {},
   client: Cluster = redis.cluster()): Promise<ClusterApp> {
   const source = new KeySource()

@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { describe, test, before, after, type TestContext } from 'node:test'
-import Fastify from 'fastify'
-import fastifyAuthCache, {
-  encryptedSerializer, jsonSerializer, type CredentialSerializer, type CredentialStore, type FastifyAuthCacheOptions
-} from '../lib'
+import { encryptedSerializer, jsonSerializer, type CredentialSerializer, type CredentialStore } from '../lib'
+import { openCredentialStore } from './helpers/credential-store-app'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 
 type Store = CredentialStore<unknown>
@@ -112,18 +110,7 @@ for (const backend of ['memory', 'redis', 'tiered'] as const) {
   test(`encrypted credentials round trip through the ${backend} store`, async (t) => {
     const redis = backend !== 'memory' ? await startRedis() : undefined
     t.after(async () => { await redis?.destroy() })
-    const app = Fastify()
-    t.after(() => app.close())
-    const client = redis?.client()
-    if (client !== undefined) t.after(() => client.quit())
-    await app.register(fastifyAuthCache, {
-      backend,
-      strict: true,
-      redis: client,
-      apiKeys: { hook: false },
-      credentials: { ...encryptedSerializer({ keys: { k1 }, current: 'k1' }) }
-    })
-    const store = app.credentialStore as Store
+    const store = await openCredentialStore(t, redis, { ...encryptedSerializer({ keys: { k1 }, current: 'k1' }) }, backend)
     assert.equal(await store.load(), undefined)
     await store.save(secret)
     assert.deepEqual(await store.load(), secret)
@@ -143,22 +130,8 @@ describe('encrypted credentials in Redis', () => {
   const freshPrefix = (): string => `enc-${++prefixes}:`
 
   /** Another app on the shared Redis: a process of the same deployment, maybe with other keys. */
-  async function open (t: TestContext, keyPrefix: string, serializer: CredentialSerializer<unknown>): Promise<Store> {
-    const client = redis.client()
-    t.after(() => client.quit())
-    const app = Fastify()
-    t.after(() => app.close())
-    const options: FastifyAuthCacheOptions = {
-      backend: 'redis',
-      strict: true,
-      redis: client,
-      apiKeys: { hook: false },
-      credentials: { keyPrefix, serialize: serializer.serialize, deserialize: serializer.deserialize }
-    }
-    await app.register(fastifyAuthCache, options)
-    await app.ready()
-    return app.credentialStore as Store
-  }
+  const open = (t: TestContext, keyPrefix: string, serializer: CredentialSerializer<unknown>): Promise<Store> =>
+    openCredentialStore(t, redis, { keyPrefix, serialize: serializer.serialize, deserialize: serializer.deserialize })
 
   function rawClient (t: TestContext): ReturnType<RedisServer['client']> {
     const client = redis.client()

@@ -3,11 +3,12 @@ import { join } from 'node:path'
 import { describe, test, before, after, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ResourceOwnerPassword } from 'simple-oauth2'
+import { percentile, sortedCopy } from '../bench/percentiles'
 import { startOAuthServer, type OAuthServer, type OAuthStats } from './fixtures/oauth-server'
 import type { TokenSet } from './fixtures/oauth-worker'
-import { startWorkers, type IpcWorker } from './helpers/ipc-worker'
+import { Child } from './helpers/child-process'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
 const WORKER = join(__dirname, 'fixtures', 'oauth-worker.ts')
 // The server answers expires_in as whole seconds rounded down: 2.5 s makes it 2, never 1.
@@ -25,7 +26,7 @@ for (const backend of ['redis', 'tiered'] as const) {
   describe(`getFresh with a real OAuth 2 server that rotates refresh tokens, 2 processes on one Redis, ${backend} backend`, () => {
     let redis: RedisServer
     let server: OAuthServer
-    let workers: IpcWorker[] = []
+    let workers: Child[] = []
     let oauth: ResourceOwnerPassword
     let keys = 0
 
@@ -33,14 +34,16 @@ for (const backend of ['redis', 'tiered'] as const) {
       redis = await startRedis()
       server = await startOAuthServer({ accessTokenLifetimeSeconds: ACCESS_TOKEN_LIFETIME_S, refreshDelayMs: REFRESH_DELAY_MS })
       oauth = new ResourceOwnerPassword({ client: server.client, auth: { tokenHost: server.url } })
-      workers = await startWorkers(2, WORKER, {
+      const env = {
         REDIS_URL: redis.url,
         BACKEND: backend,
         KEY_PREFIX: 'oauth:',
         OAUTH_URL: server.url,
         OAUTH_CLIENT_ID: server.client.id,
         OAUTH_CLIENT_SECRET: server.client.secret
-      })
+      }
+      // A loop runs until told to stop, up to a minute: calls get twice that.
+      workers = await Child.startAll(2, (i) => ({ name: `oauth worker ${i}`, file: WORKER, env, callTimeoutMs: 120_000 }))
     })
     after(async () => {
       await Promise.all(workers.map((worker) => worker.kill()))
@@ -103,15 +106,15 @@ for (const backend of ['redis', 'tiered'] as const) {
 
     test(`2 processes x ${CALLERS_PER_PROCESS} concurrent callers at each of three expiries: 3 refreshes, never an expired token, no invalid_grant`, async (t) => {
       const key = freshKey()
-      await workers[0].request('save', { key, value: await signIn() })
+      await workers[0].call('save', { key, value: await signIn() })
       const before = { ...server.stats }
-      let stored = (await workers[1].request('load', { key })).value as TokenSet
+      let stored = (await workers[1].call('load', { key })).value as TokenSet
       const latencies: number[] = []
 
       for (let expiry = 1; expiry <= 3; expiry++) {
       // Until the stored token is stale for the callers' isFresh.
         await sleep(Math.max(0, stored.expiresAt - MARGIN_MS - Date.now()) + 10)
-        const replies = await Promise.all(workers.map((worker) => worker.request('burst', { key, count: CALLERS_PER_PROCESS, marginMs: MARGIN_MS })))
+        const replies = await Promise.all(workers.map((worker) => worker.call('burst', { key, count: CALLERS_PER_PROCESS, marginMs: MARGIN_MS })))
         assert.deepEqual(replies.flatMap((reply) => reply.errors), [])
         const calls = replies.flatMap((reply) => reply.calls) as Array<Handing & Use & { latencyMs: number }>
         assert.equal(calls.length, 2 * CALLERS_PER_PROCESS)
@@ -122,7 +125,7 @@ for (const backend of ['redis', 'tiered'] as const) {
         assertHandedFresh(calls)
         assertUsesAccepted(t, calls)
         latencies.push(...calls.map((call) => call.latencyMs))
-        stored = (await workers[0].request('load', { key })).value as TokenSet
+        stored = (await workers[0].call('load', { key })).value as TokenSet
         assert.ok(tokens.has(stored.accessToken), 'the refreshed token is the one stored')
       }
 
@@ -130,20 +133,20 @@ for (const backend of ['redis', 'tiered'] as const) {
       assert.equal(seen.refreshes, 3)
       assert.equal(seen.invalidGrants, 0)
       assert.equal(seen.reuses, 0)
-      latencies.sort((a, b) => a - b)
-      t.diagnostic(`refreshes ${seen.refreshes}, getFresh latency at expiry: median ${latencies[latencies.length >> 1].toFixed(0)} ms, max ${latencies.at(-1)!.toFixed(0)} ms`)
+      const sorted = sortedCopy(latencies)
+      t.diagnostic(`refreshes ${seen.refreshes}, getFresh latency at expiry: median ${percentile(sorted, 50, 'upper').toFixed(0)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`)
     })
 
     /** Both processes' callers ask again and again until the server has made three refreshes. */
     async function loopAcrossThreeExpiries (t: TestContext, refreshAheadMs: number): Promise<{ latencyMs: { p50: number, p99: number, max: number } }> {
       const key = freshKey()
-      await workers[0].request('save', { key, value: await signIn() })
+      await workers[0].call('save', { key, value: await signIn() })
       const before = { ...server.stats }
       const startedAt = Date.now()
-      const loops = workers.map((worker) => worker.request('loop', { key, count: CALLERS_PER_PROCESS, marginMs: MARGIN_MS, refreshAheadMs }))
+      const loops = workers.map((worker) => worker.call('loop', { key, count: CALLERS_PER_PROCESS, marginMs: MARGIN_MS, refreshAheadMs }))
       const failed = Promise.all(loops).then(() => { throw new Error('the loops ended before they were stopped') })
       failed.catch(() => {})
-      await Promise.race([failed, waitUntil('the server made three refreshes', 60_000, async () => counted(before).refreshes >= 3)])
+      await Promise.race([failed, until('the server made three refreshes', async () => counted(before).refreshes >= 3, 60_000)])
       const thirdAfterMs = Date.now() - startedAt
       for (const worker of workers) worker.notify('stop')
       const replies = await Promise.all(loops)

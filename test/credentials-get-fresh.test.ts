@@ -4,18 +4,14 @@ import { join } from 'node:path'
 import { describe, test, before, after, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
-import Fastify from 'fastify'
-import fastifyAuthCache, {
-  jsonSerializer, type CredentialStore, type FastifyAuthCacheOptions, type GetFreshOptions, type SerializerContext
-} from '../lib'
+import { jsonSerializer, type CredentialStore, type GetFreshOptions, type SerializerContext } from '../lib'
+import { openCredentialStore } from './helpers/credential-store-app'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { deferred, until } from './helpers/wait'
 
 /** What these tests store: a version and the epoch ms at which it stops being good. */
 interface Token { v: number, expiresAt: number }
 type Store = CredentialStore<Token>
-
-interface Deferred<T = void> { promise: Promise<T>, resolve: (value: T) => void }
 
 /**
  * Another tiered process sees a save once its announcement arrives (milliseconds): the tests
@@ -24,13 +20,7 @@ interface Deferred<T = void> { promise: Promise<T>, resolve: (value: T) => void 
 async function seenBy (reader: { load (): Promise<unknown> }, writer: { load (): Promise<unknown> }): Promise<void> {
   if (reader === writer) return
   const expected = JSON.stringify(await writer.load())
-  await waitUntil('the other process sees the saved value', 2000, async () => JSON.stringify(await reader.load()) === expected)
-}
-
-function deferred<T = void> (): Deferred<T> {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
+  await until('the other process sees the saved value', async () => JSON.stringify(await reader.load()) === expected, 2000)
 }
 
 // A background refresh that fails, or anything else left unobserved, must never surface here.
@@ -103,24 +93,8 @@ for (const backend of ['memory', 'redis', 'tiered'] as const) {
     const freshPrefix = (): string => `fresh-${backend}-${++prefixes}:`
 
     /** A newly registered app's store; on Redis each app has its own client, like another process. */
-    async function open (t: TestContext, keyPrefix: string, serializer = new CountingSerializer()): Promise<Store> {
-      const app = Fastify()
-      const options: FastifyAuthCacheOptions = {
-        backend,
-        strict: true,
-        apiKeys: { hook: false },
-        credentials: { keyPrefix, serialize: serializer.serialize, deserialize: serializer.deserialize }
-      }
-      if (redis !== undefined) {
-        const client = redis.client()
-        t.after(() => client.quit())
-        options.redis = client
-      }
-      await app.register(fastifyAuthCache, options)
-      await app.ready()
-      t.after(() => app.close())
-      return app.credentialStore as Store
-    }
+    const open = (t: TestContext, keyPrefix: string, serializer = new CountingSerializer()): Promise<Store> =>
+      openCredentialStore(t, redis, { keyPrefix, serialize: serializer.serialize, deserialize: serializer.deserialize }, backend)
 
     interface Contenders { label: string, a: Store, b: Store, serializer: CountingSerializer }
 
@@ -256,11 +230,11 @@ for (const backend of ['memory', 'redis', 'tiered'] as const) {
           // isFresh was asked about now and about now + refreshAheadMs.
           assert.ok(provider.askedAt.some((at) => Math.abs(at - Date.now() - 60_000) < 5_000))
 
-          await waitUntil('the background refresh starts', 10_000, async () => provider.refreshes > 0)
+          await until('the background refresh starts', async () => provider.refreshes > 0, 10_000)
           // Callers during the background refresh still get the old value at once.
           assert.deepEqual(await b.getFresh(options), old)
           gate.resolve()
-          await waitUntil('the renewed value is stored', 10_000, async () => (await b.load())?.v === 2)
+          await until('the renewed value is stored', async () => (await b.load())?.v === 2, 10_000)
           assert.equal(provider.refreshes, 1, 'one background refresh across all callers and processes')
           assert.equal((await a.getFresh(options)).v, 2)
           await sleep(100)
@@ -325,14 +299,14 @@ for (const backend of ['memory', 'redis', 'tiered'] as const) {
       const failing = new Provider(async () => { throw new Error('provider down') })
       const results = await Promise.all(range(20).map(() => store.getFresh(failing.options({ refreshAheadMs: 60_000 }))))
       for (const result of results) assert.deepEqual(result, old)
-      await waitUntil('the background refresh fails', 10_000, async () => failing.refreshes > 0)
+      await until('the background refresh fails', async () => failing.refreshes > 0, 10_000)
       await sleep(100)
       assert.equal(failing.refreshes, 1)
       assert.deepEqual(await store.load(), old)
       // A later caller triggers another attempt, which works.
       const working = new Provider()
       assert.deepEqual(await store.getFresh(working.options({ refreshAheadMs: 60_000 })), old)
-      await waitUntil('the later background refresh renews the value', 10_000, async () => (await store.load())?.v === 2)
+      await until('the later background refresh renews the value', async () => (await store.load())?.v === 2, 10_000)
       assert.equal(working.refreshes, 1)
       assert.deepEqual(unhandled, [])
     })

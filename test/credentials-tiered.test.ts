@@ -6,9 +6,9 @@ import Fastify from 'fastify'
 import fastifyAuthCache, { type CredentialStore } from '../lib'
 import { percentile } from '../bench/percentiles'
 import { requestPathCommandCalls } from './helpers/command-stats'
-import { startWorkers, type IpcWorker } from './helpers/ipc-worker'
+import { Child } from './helpers/child-process'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until, within } from './helpers/wait'
 
 /**
  * CONTRACT section 10: the tiered credential store keeps decoded values in process memory and
@@ -67,7 +67,7 @@ describe('tiered credential store', () => {
   test(`a save in one process is seen by load() in another within ${HEALTHY_P99_MS} ms at p99 (best of 3 rounds)`, async (t) => {
     const [a, b] = [await open(t, 'seen:'), await open(t, 'seen:')]
     await a.save(0)
-    await waitUntil('b sees the first value', 2000, async () => (await b.load()) === 0)
+    await until('b sees the first value', async () => (await b.load()) === 0, 2000)
     const rounds: number[] = []
     for (let round = 0; round < 3; round++) {
       const latencies: number[] = []
@@ -95,11 +95,11 @@ describe('tiered credential store', () => {
     await a.save('v1')
     assert.equal(await b.load(), 'v1')
     await a.clear()
-    await waitUntil('b sees the clear', 2000, async () => (await b.load()) === undefined)
+    await until('b sees the clear', async () => (await b.load()) === undefined, 2000)
     await b.save('v2')
-    await waitUntil('a sees b\'s save', 2000, async () => (await a.load()) === 'v2')
+    await until('a sees b\'s save', async () => (await a.load()) === 'v2', 2000)
     await a.update((current) => `${current as string}+`)
-    await waitUntil('b sees a\'s update', 2000, async () => (await b.load()) === 'v2+')
+    await until('b sees a\'s update', async () => (await b.load()) === 'v2+', 2000)
 
     const client = redis.client()
     const app = Fastify()
@@ -113,16 +113,18 @@ describe('tiered credential store', () => {
   })
 
   describe('across child processes', () => {
-    let workers: IpcWorker[] = []
+    let workers: Child[] = []
     before(async () => {
-      workers = await startWorkers(2, WORKER, { REDIS_URL: redis.url, BACKEND: 'tiered', KEY_PREFIX: 'procs:' })
+      workers = await Child.startAll(2, (i) => ({
+        name: `credential worker ${i}`, file: WORKER, env: { REDIS_URL: redis.url, BACKEND: 'tiered', KEY_PREFIX: 'procs:' }
+      }))
     })
     after(async () => { await Promise.all(workers.map((worker) => worker.kill())) })
 
     test(`a save is seen by the other process, also after CLIENT KILL of every connection (within ${DISRUPTED_BOUND_MS} ms)`, async () => {
       const [a, b] = workers
-      await a.request('save', { key: 'k', value: 'one' })
-      await waitUntil('b loads what a saved', 2000, async () => (await b.request('load', { key: 'k' })).value === 'one')
+      await a.call('save', { key: 'k', value: 'one' })
+      await until('b loads what a saved', async () => (await b.call('load', { key: 'k' })).value === 'one', 2000)
       // Both processes now hold 'one' in memory. Every connection is dropped, then a changes it:
       // b's subscriber may miss the announcement while it reconnects, so b must distrust its memory.
       const admin = redis.client()
@@ -133,12 +135,12 @@ describe('tiered credential store', () => {
         admin.disconnect()
       }
       const startedAt = performance.now()
-      await waitUntil('a can save again', 5000, async () => (await a.request('save', { key: 'k', value: 'two' })).ok)
+      await within('a can save again', a.call('save', { key: 'k', value: 'two' }), 5000)
       const savedAt = performance.now()
-      await waitUntil('b loads the new value', DISRUPTED_BOUND_MS, async () => (await b.request('load', { key: 'k' })).value === 'two')
+      await until('b loads the new value', async () => (await b.call('load', { key: 'k' })).value === 'two', DISRUPTED_BOUND_MS)
       const seenMs = performance.now() - savedAt
       assert.ok(seenMs <= DISRUPTED_BOUND_MS, `seen ${seenMs.toFixed(0)} ms after the save (${(savedAt - startedAt).toFixed(0)} ms to save)`)
-      for (let i = 0; i < 10; i++) assert.equal((await b.request('load', { key: 'k' })).value, 'two')
+      for (let i = 0; i < 10; i++) assert.equal((await b.call('load', { key: 'k' })).value, 'two')
     })
   })
 })

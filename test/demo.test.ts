@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
@@ -8,16 +7,16 @@ import { describe, test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { isWellFormedApiKey } from '../lib'
 import { KEY_PREFIX } from '../examples/app'
+import { Script } from './helpers/child-process'
 import { usePrivateRedis } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
-const ROOT = join(__dirname, '..')
 // A busy 2-core machine starts tsx, the workers and Redis slowly; nothing here waits when things go well.
 const START_MS = 60_000
 const STEP_MS = 30_000
 
 interface Demo {
-  child: ChildProcess
+  script: Script
   output: () => string
   base: string
   key: string
@@ -36,39 +35,22 @@ function alive (pid: number): boolean {
 }
 
 /** Runs examples/demo.ts as `npm run demo` does (without the build), with only `env` set of the demo's own variables. */
-function spawnDemo (t: TestContext, env: Record<string, string>): { child: ChildProcess, output: () => string } {
+function spawnDemo (t: TestContext, env: Record<string, string>): Script {
   const childEnv: NodeJS.ProcessEnv = { ...process.env, HOST: '127.0.0.1', PORT: '0', ...env }
   // The developer's own Redis must never be touched by the test.
   if (env.REDIS_URL === undefined) delete childEnv.REDIS_URL
-  const child = spawn(process.execPath, ['--import', 'tsx', join('examples', 'demo.ts')], {
-    cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let output = ''
-  child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-  t.after(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = once(child, 'exit')
-      // Its workers exit on their own once the primary's IPC channel closes.
-      child.kill('SIGKILL')
-      await exited
-    }
-  })
-  return { child, output: () => output }
+  // Killed after the test if it still runs: its workers exit on their own once the primary's IPC channel closes.
+  return Script.run(t, join('examples', 'demo.ts'), childEnv)
 }
 
 async function startDemo (t: TestContext, env: Record<string, string>): Promise<Demo> {
-  const { child, output } = spawnDemo(t, env)
-  const printed = /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/
-  await waitUntil('the demo printing its curl lines', START_MS, async () => {
-    if (child.exitCode !== null) assert.fail(`the demo exited with ${child.exitCode}:\n${output()}`)
-    return printed.test(output())
-  })
-  const [, key, base, keyId] = printed.exec(output())!
+  const script = spawnDemo(t, env)
+  const [, key, base, keyId] = await script.printed('the demo printed its curl lines', /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/, START_MS)
+  const output = (): string => script.output()
   const listed = /^Workers: (.*)\.$/m.exec(output())
   assert.ok(listed !== null, `the banner lists the workers:\n${output()}`)
   const workers = new Map([...listed[1].matchAll(/(\d+) \(pid (\d+)\)/g)].map(([, id, pid]) => [Number(id), Number(pid)]))
-  return { child, output, base, key, keyId, workers }
+  return { script, output, base, key, keyId, workers }
 }
 
 interface Answer { status: number, worker: number, body: any }
@@ -92,13 +74,6 @@ function call (method: string, url: string, key?: string, body?: unknown): Promi
   })
 }
 
-async function stopDemo (demo: { child: ChildProcess, output: () => string }): Promise<void> {
-  const exited = once(demo.child, 'exit')
-  demo.child.kill('SIGTERM')
-  const [code, signal] = await exited
-  assert.equal(code, 0, `a clean exit on SIGTERM (signal ${signal}):\n${demo.output()}`)
-}
-
 describe('npm run demo (examples/demo.ts)', () => {
   const redis = usePrivateRedis()
 
@@ -115,7 +90,7 @@ describe('npm run demo (examples/demo.ts)', () => {
 
     // Every worker serves the key (and so holds it in its memory) before it is revoked.
     const served = new Set<number>()
-    await waitUntil('every worker answering /whoami with the key', STEP_MS, async () => {
+    await until('every worker answering /whoami with the key', async () => {
       const answer = await call('GET', `${base}/whoami`, key)
       assert.equal(answer.status, 200)
       assert.equal(answer.body.key.id, keyId)
@@ -124,7 +99,7 @@ describe('npm run demo (examples/demo.ts)', () => {
       assert.equal(answer.body.key.key, undefined, 'nothing but id and name of the record')
       served.add(answer.worker)
       return served.size === demo.workers.size
-    })
+    }, STEP_MS)
     assert.ok(served.size > 1, 'more than one worker answered')
 
     const created = await call('POST', `${base}/keys`, key, { name: 'my-client' })
@@ -142,7 +117,7 @@ describe('npm run demo (examples/demo.ts)', () => {
     // while Redis is healthy) before another process stops accepting it; this busy machine gets
     // the outage bound, 2 s. After a worker's first 401 it never accepts the key again.
     const refused = new Set<number>()
-    await waitUntil('every worker refusing the revoked key', STEP_MS, async () => {
+    await until('every worker refusing the revoked key', async () => {
       const answer = await call('GET', `${base}/whoami`, key)
       if (answer.status === 200) {
         assert.ok(!refused.has(answer.worker), `worker ${answer.worker} accepted the revoked key after refusing it`)
@@ -153,11 +128,11 @@ describe('npm run demo (examples/demo.ts)', () => {
         refused.add(answer.worker)
       }
       return refused.size === demo.workers.size
-    })
+    }, STEP_MS)
     assert.equal((await call('GET', `${base}/whoami`, created.body.key)).status, 200, 'other keys still work')
 
     // Each worker says when it stopped accepting the key, and the primary sums up.
-    await waitUntil('the primary\'s summary', STEP_MS, async () => demo.output().includes(`[primary] every worker refuses ${keyId} now: worker ${revoker} revoked it`))
+    await until('the primary\'s summary', async () => demo.output().includes(`[primary] every worker refuses ${keyId} now: worker ${revoker} revoked it`), STEP_MS)
     for (const [id, pid] of demo.workers) {
       const said = new RegExp(id === revoker
         ? `^\\[worker ${id} pid ${pid}\\] revoked ${keyId}: .* returned after [\\d.]+ ms$`
@@ -167,7 +142,7 @@ describe('npm run demo (examples/demo.ts)', () => {
     assert.doesNotMatch(demo.output(), /STILL ACCEPTS/)
     assert.ok(!demo.output().includes(created.body.key), 'a created key is never printed')
 
-    await stopDemo(demo)
+    await demo.script.terminate()
     for (const pid of demo.workers.values()) assert.ok(!alive(pid), `worker pid ${pid} is gone`)
     assert.equal(await redis.admin.ping(), 'PONG', 'a Redis given by REDIS_URL is left running')
   })
@@ -186,8 +161,8 @@ describe('npm run demo (examples/demo.ts)', () => {
     assert.ok(alive(pid) && existsSync(dir))
     assert.equal((await call('GET', `${demo.base}/whoami`, demo.key)).status, 200)
 
-    await stopDemo(demo)
-    await waitUntil('the private redis-server exiting', STEP_MS, async () => !alive(pid))
+    await demo.script.terminate()
+    await until('the private redis-server exiting', async () => !alive(pid), STEP_MS)
     assert.ok(!existsSync(dir), 'its directory is removed')
   })
 
@@ -195,7 +170,7 @@ describe('npm run demo (examples/demo.ts)', () => {
     const emptyDir = mkdtempSync(join(tmpdir(), 'fastify-auth-cache-no-redis-'))
     t.after(() => rmSync(emptyDir, { recursive: true, force: true }))
     const demo = spawnDemo(t, { PATH: emptyDir })
-    const [code] = await once(demo.child, 'exit')
+    const [code] = await once(demo.process, 'exit')
     assert.equal(code, 1)
     const said = demo.output()
     assert.match(said, /npm run demo needs Redis, and found none: REDIS_URL is not set, and there is no redis-server on the PATH/)

@@ -1,29 +1,17 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { join } from 'node:path'
-import { describe, test } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type Redis from 'ioredis'
 import { generateApiKey, hashApiKey, isWellFormedApiKey, type BackendName } from '../lib'
 import { buildExampleApp, KEY_PREFIX, type ExampleApp } from '../examples/app'
 import { KeyTable } from '../examples/key-table'
+import { Script } from './helpers/child-process'
 import { usePrivateRedis } from './helpers/redis-server'
-
-const ROOT = join(__dirname, '..')
+import { until } from './helpers/wait'
 
 function whoami (app: FastifyInstance, key?: string): Promise<LightMyRequestResponse> {
   return app.inject({ method: 'GET', url: '/whoami', headers: key === undefined ? {} : { 'x-api-key': key } })
-}
-
-async function eventually (what: string, check: () => Promise<boolean>, deadlineMs = 5_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs
-  while (Date.now() < deadline) {
-    if (await check()) return
-    await sleep(10)
-  }
-  assert.fail(`${what} did not happen within ${deadlineMs} ms`)
 }
 
 interface Inspection {
@@ -199,7 +187,7 @@ describe('example app', () => {
 
     // B must answer from its own memory, without asking Redis, or the test would prove nothing
     // about invalidation: wait until a request of B runs no Redis script.
-    await eventually('B serving the key from process memory', async () => {
+    await until('B serves the key from process memory', async () => {
       const before = await evalshaCalls(redis.admin)
       assert.equal((await whoami(b.app, key)).statusCode, 200)
       return (await evalshaCalls(redis.admin)) === before
@@ -208,47 +196,23 @@ describe('example app', () => {
     const revoked = await a.app.inject({ method: 'DELETE', url: `/keys/${id}`, headers: { 'x-api-key': a.demoKey.key } })
     assert.equal(revoked.statusCode, 204)
     // The contract's bound for a healthy Redis is 10 ms at p99; a loaded test machine gets 2 s.
-    await eventually('B refusing the revoked key', async () => (await whoami(b.app, key)).statusCode === 401, 2_000)
+    await until('B refuses the revoked key', async () => (await whoami(b.app, key)).statusCode === 401, 2_000)
     assert.ok(b.app.apiKeyCache.stats().invalidations >= 1)
     assert.equal((await whoami(b.app, b.demoKey.key)).statusCode, 200)
   })
 
   describe('examples/server.ts as a process', () => {
-    interface Server { child: ChildProcess, output: () => string, base: string, key: string, keyId: string, readOnlyKey: string }
+    interface Server { script: Script, output: () => string, base: string, key: string, keyId: string, readOnlyKey: string }
 
-    async function startServer (t: { after: (fn: () => Promise<void>) => void }, env: Record<string, string>): Promise<Server> {
+    async function startServer (t: TestContext, env: Record<string, string>): Promise<Server> {
       const childEnv: NodeJS.ProcessEnv = { ...process.env, HOST: '127.0.0.1', PORT: '0', ...env }
       // The developer's own Redis must never be touched by the test.
       if (env.REDIS_URL === undefined) delete childEnv.REDIS_URL
       if (env.BACKEND === undefined) delete childEnv.BACKEND
-      const child = spawn(process.execPath, ['--import', 'tsx', join('examples', 'server.ts')], {
-        cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe']
-      })
-      let output = ''
-      child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-      child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-      t.after(async () => {
-        if (child.exitCode === null && child.signalCode === null) {
-          const exited = once(child, 'exit')
-          child.kill('SIGKILL')
-          await exited
-        }
-      })
-      const printed = /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/
-      await eventually('the server printing its curl lines', async () => {
-        if (child.exitCode !== null) assert.fail(`server exited with ${child.exitCode}:\n${output}`)
-        return printed.test(output)
-      }, 30_000)
-      const [, key, base, keyId] = printed.exec(output)!
-      const [, readOnlyKey] = /# the read-only key.*\ncurl -i -X POST -H 'x-api-key: (\S+)'/.exec(output)!
-      return { child, output: () => output, base, key, keyId, readOnlyKey: readOnlyKey! }
-    }
-
-    async function stopServer (server: Server): Promise<void> {
-      const exited = once(server.child, 'exit')
-      server.child.kill('SIGTERM')
-      const [code] = await exited
-      assert.equal(code, 0, `graceful shutdown:\n${server.output()}`)
+      const script = Script.run(t, join('examples', 'server.ts'), childEnv)
+      const [, key, base, keyId] = await script.printed('the server printed its curl lines', /x-api-key: (\S+)' (http:\/\/\S+)\/keys\/(\S+)\n/, 30_000)
+      const [, readOnlyKey] = /# the read-only key.*\ncurl -i -X POST -H 'x-api-key: (\S+)'/.exec(script.output())!
+      return { script, output: () => script.output(), base, key, keyId, readOnlyKey: readOnlyKey! }
     }
 
     test('prints ready-to-paste curl lines and answers them over HTTP (memory)', async (t) => {
@@ -298,7 +262,7 @@ describe('example app', () => {
       assert.equal(revoked.status, 204)
       assert.equal((await fetch(`${base}/whoami`, { headers: { 'x-api-key': key } })).status, 401)
 
-      await stopServer(server)
+      await server.script.terminate()
       const lines = server.output().split('\n')
       const logLines = lines.filter((line) => line.startsWith('{'))
       assert.ok(logLines.some((line) => JSON.parse(line).msg === 'API key revoked'), 'it logs at info')
@@ -326,7 +290,7 @@ describe('example app', () => {
         const stats = await (await fetch(`${server.base}/stats`, { headers })).json() as { backend: string }
         assert.equal(stats.backend, backend)
         assert.equal(await redis.admin.exists(`apikey:${hashApiKey(server.key)}`), 1, 'the cache lives in the private Redis')
-        await stopServer(server)
+        await server.script.terminate()
       }
     })
   })

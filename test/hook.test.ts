@@ -16,7 +16,10 @@ after(() => {
 
 type Answer = (keyHash: string) => unknown
 
-/** The source of truth behind `lookup`: answers per key hash, and every call it received. */
+/**
+ * The source of truth behind `lookup`: answers per key hash, and every call it received. Not
+ * helpers/key-source.ts: this lookup is synchronous (an answer may throw out of it) and sees the request.
+ */
 class KeyDirectory {
   readonly calls: string[] = []
   readonly requestsSeen: string[] = []

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { test, type TestContext } from 'node:test'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type Redis from 'ioredis'
 import fastifyAuthCache, { generateApiKey, type ApiKeyRecord } from '../lib'
 import { startRedis, type RedisServer } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 type Backend = 'memory' | 'redis' | 'tiered'
 
@@ -78,14 +78,6 @@ interface Observed {
   usage: string[]
 }
 
-async function waitFor (what: string, condition: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await condition())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
-}
-
 /** Every key and value on the server, in one text per key. */
 async function dumpRedis (redis: Redis): Promise<string[]> {
   const out: string[] = []
@@ -143,7 +135,7 @@ async function watchRedis (t: TestContext, server: RedisServer): Promise<RedisWa
     async sync () {
       const marker = `leak-test-sync-${++round}`
       await base.publish('leak-test-sync', marker)
-      await waitFor('MONITOR and pub/sub to catch up', () =>
+      await until('MONITOR and pub/sub caught up', () =>
         commands.some((c) => c.includes(marker)) && messages.some((m) => m.includes(marker)))
     }
   }
@@ -303,7 +295,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
 
     // Whatever the client had queued while Redis was away reaches the restarted server.
     await server.restart()
-    await waitFor('the plugin\'s client to reconnect', () => appClient!.status === 'ready')
+    await until('the plugin\'s client reconnected', () => appClient!.status === 'ready')
     await send({ name: 'valid after Redis is back', sent: downValid, status: 200 })
     for (const line of await dumpRedis(inspector!)) leaks.check('a Redis key or value after the restart', line)
   }
@@ -311,7 +303,7 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
   for (const line of observed.logs) leaks.check('a log line', line)
   for (const text of observed.responses) leaks.check('a response', text)
   for (const text of observed.apiKeys) leaks.check('request.apiKey', text)
-  await waitFor('a usage report', () => observed.usage.length > 0)
+  await until('a usage report', () => observed.usage.length > 0)
   for (const text of observed.usage) leaks.check('a usage batch', text)
   assert.ok(observed.usage.some((text) => text.includes(sha256(valid))), 'usage names keys by hash')
   leaks.check('stats()', JSON.stringify(app.apiKeyCache.stats()))

@@ -3,10 +3,12 @@ import { after, before, describe, test, type TestContext } from 'node:test'
 import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
-import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../lib'
+import fastifyAuthCache, { generateApiKey, type ApiKeyLookup, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../lib'
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
+import { KeySource, record } from './helpers/key-source'
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server'
+import { until, within } from './helpers/wait'
 
 const lookup = async (): Promise<ApiKeyRecord | null> => null
 
@@ -44,27 +46,11 @@ function newApp (t: TestContext, log?: CapturedLog): FastifyInstance {
   return app
 }
 
-/** A directory of one valid key, counting lookups. */
-function oneKey (id = 'user'): { key: string, hash: string, calls: () => number, lookup: (hash: string) => Promise<ApiKeyRecord | null> } {
+/** A directory of one valid key, counting lookups (of any key). */
+function oneKey (id = 'user'): { key: string, hash: string, calls: () => number, lookup: ApiKeyLookup } {
   const { key, hash } = generateApiKey({ prefix: 'opt' })
-  let calls = 0
-  return {
-    key,
-    hash,
-    calls: () => calls,
-    lookup: async (keyHash) => {
-      calls++
-      return keyHash === hash ? { id, active: true } : null
-    }
-  }
-}
-
-function within<T> (ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took more than ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+  const source = new KeySource().answer(hash, record(id))
+  return { key, hash, calls: () => source.lookups, lookup: source.lookup }
 }
 
 describe('defaults', () => {
@@ -362,15 +348,11 @@ describe('Redis clients', () => {
     const name = 'fastify-auth-cache:invalidations'
     const subscribers = async (): Promise<number> =>
       (await db(0).client('LIST') as string).split('\n').filter((line) => line.includes(` name=${name} `)).length
-    const waitFor = async (wanted: number): Promise<number> => {
-      const deadline = Date.now() + 5000
-      let count = await subscribers()
-      while (count !== wanted && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 25))
-        count = await subscribers()
-      }
-      return count
-    }
+    /** The count, once it is `wanted`. */
+    const waitFor = (wanted: number): Promise<number> => until(`${wanted} subscriber connections are open`, async () => {
+      const count = await subscribers()
+      return count === wanted && count
+    }, { deadlineMs: 5000, pauseMs: 25 })
     assert.equal(await waitFor(0), 0, 'no subscriber left over from earlier tests')
 
     const client = server.client()
@@ -395,7 +377,7 @@ describe('Redis clients', () => {
       const user = oneKey('offline-user')
       register(app, { backend, redis: client, apiKeys: { lookup: user.lookup } })
       app.get('/', (request) => ({ id: request.apiKey.id }))
-      await within(5000, 'ready()', (async () => { await app.ready() })())
+      await within('ready() resolved', (async () => { await app.ready() })(), 5000)
       assert.equal(app.apiKeyCache.backend, backend)
 
       for (let i = 1; i <= 3; i++) {
@@ -410,7 +392,7 @@ describe('Redis clients', () => {
       const unknown = await app.inject({ url: '/', headers: { 'x-api-key': generateApiKey({ prefix: 'opt' }).key } })
       assert.equal(unknown.statusCode, 401)
       assert.ok(app.apiKeyCache.stats().backendErrors >= 1)
-      await within(5000, 'close()', app.close())
+      await within('close() resolved', app.close(), 5000)
     })
   }
 })

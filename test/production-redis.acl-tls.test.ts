@@ -13,46 +13,34 @@
  *   authenticated (and spoke TLS) and hears the invalidation channel.
  */
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
 import type { RedisOptions } from 'ioredis'
 import { requestPathCommandCalls } from './helpers/command-stats'
-import { waitUntil } from './helpers/wait-until'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
 import {
-  aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, waitFor, type AclUser
+  aclLog, appClient, createLeastPrivilegeUser, resetAclLog, startPasswordRedis, startTlsRedis, type AclUser
 } from './helpers/redis-topologies'
+import { record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, request, SHARED_BACKENDS, TruthTable, type ScenarioApp
+  HEALTHY_BOUND_MS, newTestKey, now, request, SHARED_BACKENDS, startPair, type ScenarioApp
 } from './helpers/production-redis'
+import { sleepUntil, until } from './helpers/wait'
 
 describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-cache:* +@all -@dangerous +info)', () => {
-  let server: RedisServer
-  let admin: Redis
+  const redis = usePrivateRedis()
   let user: AclUser
 
   before(async () => {
-    server = await startRedis()
-    admin = server.client()
-    user = await createLeastPrivilegeUser(admin)
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
+    user = await createLeastPrivilegeUser(redis.admin)
   })
 
   for (const backend of SHARED_BACKENDS) {
     test(`${backend}: every feature works and ACL LOG stays empty`, { timeout: 60_000 }, async (t) => {
-      await resetAclLog(admin)
-      const source = new TruthTable()
-      const apps = new AppSet()
-      t.after(() => apps.closeAll())
-      const options: RedisOptions = { ...server.connectionOptions(), username: user.username, password: user.password }
-      const a = await apps.start({ name: 'A', backend, redis: appClient(options), source })
-      const b = await apps.start({ name: 'B', backend, redis: appClient(options), source })
-      const pair: ScenarioApp[] = [a, b]
+      await resetAclLog(redis.admin)
+      const options: RedisOptions = { ...redis.server.connectionOptions(), username: user.username, password: user.password }
+      const { source, a, b, pair } = await startPair(t, backend, () => appClient(options))
       const failures: string[] = []
       const step = async (what: string, run: () => Promise<void>): Promise<void> => {
         try {
@@ -67,7 +55,7 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       }
 
       const valid = newTestKey('acl')
-      source.set(valid.hash, activeRecord('acl-valid'))
+      source.answer(valid.hash, record('acl-valid'))
       const unknown = newTestKey('acl')
       await step('the hook: a miss, then hits', async () => {
         for (const app of pair) {
@@ -84,12 +72,12 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       })
       await step('set and get', async () => {
         const hash = newTestKey('acl').hash
-        await a.app.apiKeyCache.set(hash, activeRecord('acl-set'), 60)
+        await a.app.apiKeyCache.set(hash, record('acl-set'), 60)
         assert.equal((await a.app.apiKeyCache.get(hash))?.id, 'acl-set')
         assert.equal((await b.app.apiKeyCache.get(hash))?.id, 'acl-set')
       })
       await step('delete', async () => {
-        source.set(valid.hash, null)
+        source.answer(valid.hash, null)
         await a.app.apiKeyCache.delete(valid.hash)
         const resolvedAt = now()
         await expectStatus(a, valid.key, 401, 'deleted')
@@ -98,9 +86,9 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       })
       await step('clear', async () => {
         const cleared = newTestKey('acl')
-        source.set(cleared.hash, activeRecord('acl-cleared'))
+        source.answer(cleared.hash, record('acl-cleared'))
         for (const app of pair) await expectStatus(app, cleared.key, 200, 'before clear')
-        source.set(cleared.hash, null)
+        source.answer(cleared.hash, null)
         await b.app.apiKeyCache.clear()
         const resolvedAt = now()
         await expectStatus(b, cleared.key, 401, 'cleared')
@@ -115,12 +103,12 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
         const next = await b.app.credentialStore.update((current) => ({ ...(current as object | undefined), token: 'acl-2' }))
         assert.deepEqual(next, { token: 'acl-2' })
         // Another tiered process sees the change once its announcement arrives (milliseconds).
-        await waitUntil('the other app loads the update', 2000, async () =>
-          JSON.stringify(await a.app.credentialStore.load()) === JSON.stringify({ token: 'acl-2' }))
+        await until('the other app loads the update', async () =>
+          JSON.stringify(await a.app.credentialStore.load()) === JSON.stringify({ token: 'acl-2' }), 2000)
       })
       await step('credentialStore clear', async () => {
         await a.app.credentialStore.clear()
-        await waitUntil('the other app sees the clear', 2000, async () => (await b.app.credentialStore.load()) === undefined)
+        await until('the other app sees the clear', async () => (await b.app.credentialStore.load()) === undefined, 2000)
       })
       for (const app of pair) {
         const errors = app.app.apiKeyCache.stats().backendErrors
@@ -128,7 +116,7 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
       }
       // Heartbeats and subscriptions keep going: give them a moment to be refused, if they are.
       await sleep(1000)
-      const log = await aclLog(admin)
+      const log = await aclLog(redis.admin)
       if (log.length > 0) {
         failures.push(`ACL LOG: ${log.map((entry) => `${entry.reason} ${entry.context} "${entry.object}" by ${entry.username} (x${entry.count})`).join('; ')}`)
       }
@@ -141,28 +129,23 @@ describe('ACL: a least-privilege user (~apikey:* ~credentials:* &fastify-auth-ca
  * A tiered app A and B on `server`, with clients made from `options`: B serves a key from process
  * memory (a hit that sends no request-path command to Redis), then refuses it once A deleted it.
  */
-async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) => void, diagnostic: (message: string) => void },
-  admin: Redis, options: RedisOptions): Promise<void> {
-  const source = new TruthTable()
-  const apps = new AppSet()
-  t.after(() => apps.closeAll())
-  const a = await apps.start({ name: 'A', backend: 'tiered', redis: appClient(options), source })
-  const b = await apps.start({ name: 'B', backend: 'tiered', redis: appClient(options), source })
+async function hitsAndCrossAppRevocation (t: TestContext, admin: Redis, options: RedisOptions): Promise<void> {
+  const { source, a, b } = await startPair(t, 'tiered', () => appClient(options))
 
   const { key, hash } = newTestKey('conn')
-  source.set(hash, activeRecord('conn'))
+  source.answer(hash, record('conn'))
   for (const app of [a, b]) assert.equal((await request(app, key)).status, 200)
   // Served from process memory: only possible while the app's own subscriber connection works.
-  await waitFor('B serves the key from process memory', 10_000, async () => {
+  await until('B serves the key from process memory', async () => {
     const hitsBefore = b.app.apiKeyCache.stats().hits
     const before = await requestPathCommandCalls(admin)
     const answer = await request(b, key)
     const after = await requestPathCommandCalls(admin)
     assert.equal(answer.status, 200)
     return after === before && b.app.apiKeyCache.stats().hits === hitsBefore + 1
-  })
+  }, { deadlineMs: 10_000, pauseMs: 50, retryErrors: true })
 
-  source.set(hash, null)
+  source.answer(hash, null)
   await a.app.apiKeyCache.delete(hash)
   const resolvedAt = now()
   await sleepUntil(resolvedAt + HEALTHY_BOUND_MS)
@@ -173,40 +156,18 @@ async function hitsAndCrossAppRevocation (t: { after: (fn: () => Promise<void>) 
 }
 
 describe('requirepass: a tiered app and its own subscriber connection authenticate', () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startPasswordRedis()
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis(startPasswordRedis)
 
   test('hits from process memory; a delete in one app is refused by the other within the bound', { timeout: 60_000 }, async (t) => {
-    await hitsAndCrossAppRevocation(t, admin, server.connectionOptions())
+    await hitsAndCrossAppRevocation(t, redis.admin, redis.server.connectionOptions())
   })
 })
 
 describe('TLS (with a password): a tiered app and its own subscriber connection speak TLS', () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startTlsRedis({ password: 'tls-secret' })
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis(() => startTlsRedis({ password: 'tls-secret' }))
 
   test('hits from process memory; a delete in one app is refused by the other within the bound', { timeout: 60_000 }, async (t) => {
-    assert.match(server.url, /^rediss:/)
-    await hitsAndCrossAppRevocation(t, admin, server.connectionOptions())
+    assert.match(redis.server.url, /^rediss:/)
+    await hitsAndCrossAppRevocation(t, redis.admin, redis.server.connectionOptions())
   })
 })

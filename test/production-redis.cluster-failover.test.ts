@@ -12,10 +12,11 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ReplicatedCluster, waitReplicated } from './helpers/redis-topologies'
+import { record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, TruthTable, untilResolved,
-  type ScenarioApp, type TestKey
+  FAULT_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, startPair, type TestKey
 } from './helpers/production-redis'
+import { retryUntilResolved } from './helpers/wait'
 
 const KEY_PREFIX = 'apikey:'
 const DOOMED = 10
@@ -34,13 +35,8 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
 
   for (const [index, backend] of SHARED_BACKENDS.entries()) {
     test(`${backend}: revocations acknowledged by the master that loses them stay revoked after the takeover`, { timeout: 120_000 }, async (t) => {
-      const source = new TruthTable()
       const ledger = new RevocationLedger()
-      const apps = new AppSet()
-      t.after(() => apps.closeAll())
-      const a = await apps.start({ name: 'A', backend, redis: cluster.cluster(), source, apiKeys: { keyPrefix: KEY_PREFIX } })
-      const b = await apps.start({ name: 'B', backend, redis: cluster.cluster(), source, apiKeys: { keyPrefix: KEY_PREFIX } })
-      const pair: ScenarioApp[] = [a, b]
+      const { source, a, pair } = await startPair(t, backend, () => cluster.cluster(), { keyPrefix: KEY_PREFIX })
 
       const shard = (await cluster.shards())[index]!
       // Keys whose records (`${keyPrefix}${hash}`, CONTRACT section 3) live in the shard that will lose writes.
@@ -50,7 +46,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
         if (await cluster.masterOf(KEY_PREFIX + candidate.hash) === shard.masterPort) doomed.push(candidate)
       }
       const valid = [newTestKey('cluster'), newTestKey('cluster'), newTestKey('cluster')]
-      for (const [i, { hash }] of [...doomed, ...valid].entries()) source.set(hash, activeRecord(`cluster-${i}`))
+      for (const [i, { hash }] of [...doomed, ...valid].entries()) source.answer(hash, record(`cluster-${i}`))
       for (const { key } of valid) ledger.markValid(key)
       for (const { key } of [...doomed, ...valid]) {
         for (const app of pair) assert.equal((await ledger.check(app, key)).status, 200, 'warm-up')
@@ -73,7 +69,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
       const rejected: Array<{ key: TestKey, error: string }> = []
       try {
         for (const [i, key] of doomed.entries()) {
-          source.set(key.hash, null)
+          source.answer(key.hash, null)
           try {
             await pair[i % 2]!.app.apiKeyCache.delete(key.hash)
             ledger.markRevoked(key.key, now(), FAULT_BOUND_MS, 'while held back')
@@ -90,7 +86,7 @@ describe('Cluster failover with lost writes: 3 masters + 3 replicas, one replica
 
         // The deletes that rejected are retried now, as a caller would; they count from now on.
         for (const { key } of rejected) {
-          const { resolvedAt } = await untilResolved(() => a.app.apiKeyCache.delete(key.hash), 30_000)
+          const { resolvedAt } = await retryUntilResolved('the retried delete() resolves', () => a.app.apiKeyCache.delete(key.hash))
           ledger.markRevoked(key.key, resolvedAt, FAULT_BOUND_MS, 'retried after the takeover')
           revoked.push(key.key)
         }

@@ -13,13 +13,12 @@
  */
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
-import type Redis from 'ioredis'
-import type { RedisServer } from './helpers/redis-server'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { record } from './helpers/key-source'
+import { HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, SHARED_BACKENDS, startPair, type Answer } from './helpers/production-redis'
+import { usePrivateRedis } from './helpers/redis-server'
 import { appClient, evictedKeys, startEvictingRedis, startFiller, type EvictionPolicy, type Filler } from './helpers/redis-topologies'
-import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, SHARED_BACKENDS, sleepUntil, TruthTable,
-  type Answer, type ScenarioApp
-} from './helpers/production-redis'
+import { sleepUntil } from './helpers/wait'
 
 const ROUNDS = 200
 const CONCURRENCY = 8
@@ -31,32 +30,21 @@ interface Acceptance { round: number, phase: Phase, app: string, lookupStillInFl
 
 for (const policy of POLICIES) {
   describe(`Eviction: maxmemory 8mb, ${policy}, a filler client writing throughout`, () => {
-    let server: RedisServer
-    let admin: Redis
     let filler: Filler
-
-    before(async () => {
-      server = await startEvictingRedis(policy, '8mb')
-      admin = server.client()
-      filler = startFiller(server)
-    })
-
+    // Hooks run in the order they are registered: the filler starts after the server, and stops before it.
     after(async () => {
       await filler?.stop()
-      admin?.disconnect()
-      await server?.destroy()
+    })
+    const redis = usePrivateRedis(() => startEvictingRedis(policy, '8mb'))
+    before(() => {
+      filler = startFiller(redis.server)
     })
 
     for (const backend of SHARED_BACKENDS) {
       test(`${backend}: ${ROUNDS} revocations, each racing a lookup in flight; no revoked key accepted`, { timeout: 120_000 }, async (t) => {
-        const source = new TruthTable()
-        const apps = new AppSet()
-        t.after(() => apps.closeAll())
-        const a = await apps.start({ name: 'A', backend, redis: appClient(server.connectionOptions()), source })
-        const b = await apps.start({ name: 'B', backend, redis: appClient(server.connectionOptions()), source })
-        const pair: ScenarioApp[] = [a, b]
+        const { source, a, b, pair } = await startPair(t, backend, () => appClient(redis.server.connectionOptions()))
 
-        const evictedBefore = await evictedKeys(admin)
+        const evictedBefore = await evictedKeys(redis.admin)
         const writtenBefore = filler.written
         const accepted: Acceptance[] = []
         const revoked: Array<{ key: string, resolvedAt: number }> = []
@@ -72,16 +60,16 @@ for (const policy of POLICIES) {
 
         await inParallel(ROUNDS, CONCURRENCY, async (round) => {
           const { key, hash } = newTestKey('evict')
-          source.set(hash, activeRecord(`evict-${round}`))
+          source.answer(hash, record(`evict-${round}`))
           const holder = pair[round % 2]!
           const revoker = pair[Math.floor(round / 2) % 2]!
           const other = revoker === a ? b : a
 
-          const lookupStarted = source.slowNext(hash, 30 + Math.random() * 50)
+          const lookupStarted = source.holdNext(hash, () => sleep(30 + Math.random() * 50))
           let settled = false
           const inFlight = request(holder, key).finally(() => { settled = true })
           await lookupStarted
-          source.set(hash, null)
+          source.answer(hash, null)
           await revoker.app.apiKeyCache.delete(hash)
           const resolvedAt = now()
           revoked[round] = { key, resolvedAt }
@@ -106,7 +94,7 @@ for (const policy of POLICIES) {
           for (const app of pair) judge(round, 'final sweep', await request(app, key), resolvedAt, false)
         }
 
-        const evicted = await evictedKeys(admin) - evictedBefore
+        const evicted = await evictedKeys(redis.admin) - evictedBefore
         t.diagnostic(`filler wrote ${filler.written - writtenBefore} values, Redis evicted ${evicted} keys during the rounds; ` +
           `requests in flight at the revocation: ${inFlightAccepted} answered 200, ${inFlightRefused} refused`)
         assert.ok(evicted > 0, `the filler must keep Redis evicting during the rounds (evicted_keys did not move; filler wrote ${filler.written - writtenBefore})`)

@@ -16,10 +16,9 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SentinelTopology, waitReplicated, type FailoverResult } from './helpers/redis-topologies'
-import {
-  activeRecord, AppSet, FAULT_BOUND_MS, newTestKey, now, RevocationLedger, TruthTable, untilResolved,
-  type ScenarioApp, type TestKey
-} from './helpers/production-redis'
+import { record } from './helpers/key-source'
+import { FAULT_BOUND_MS, newTestKey, now, RevocationLedger, startPair, type TestKey } from './helpers/production-redis'
+import { retryUntilResolved } from './helpers/wait'
 
 const VALID_KEYS = 4
 // Warmed before the failover, so that their records are on both servers and can come back.
@@ -40,25 +39,20 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
   })
 
   test('revocations before, during and after SENTINEL FAILOVER stay revoked on both apps; no 5xx; credentialStore.update works after', { timeout: 240_000 }, async (t) => {
-    const source = new TruthTable()
     const ledger = new RevocationLedger()
-    const apps = new AppSet()
-    t.after(() => apps.closeAll())
-    const a = await apps.start({ name: 'A', backend: 'tiered', redis: topology.client(), source })
-    const b = await apps.start({ name: 'B', backend: 'tiered', redis: topology.client(), source })
-    const pair: ScenarioApp[] = [a, b]
+    const { source, a, b, pair } = await startPair(t, 'tiered', () => topology.client())
 
     const valid: TestKey[] = []
     for (let i = 0; i < VALID_KEYS; i++) {
       const key = newTestKey('sentinel')
-      source.set(key.hash, activeRecord(`valid-${i}`))
+      source.answer(key.hash, record(`valid-${i}`))
       ledger.markValid(key.key)
       valid.push(key)
     }
     const pool: TestKey[] = []
     for (let i = 0; i < POOL; i++) {
       const key = newTestKey('sentinel')
-      source.set(key.hash, activeRecord(`pool-${i}`))
+      source.answer(key.hash, record(`pool-${i}`))
       pool.push(key)
     }
     for (const { key } of [...valid, ...pool]) {
@@ -83,9 +77,9 @@ describe('Sentinel failover: master, replica, three Sentinels; two tiered apps t
     const revoke = async (phase: string): Promise<boolean> => {
       const next = pool.shift()
       if (next === undefined) return false
-      source.set(next.hash, null)
+      source.answer(next.hash, null)
       const app = pair[Math.floor(Math.random() * 2)]!
-      const { resolvedAt, rejections: failed } = await untilResolved(() => app.app.apiKeyCache.delete(next.hash), 60_000)
+      const { resolvedAt, rejections: failed } = await retryUntilResolved('delete() resolves', () => app.app.apiKeyCache.delete(next.hash), { deadlineMs: 60_000 })
       rejections += failed.length
       ledger.markRevoked(next.key, resolvedAt, FAULT_BOUND_MS, phase)
       revoked.push(next.key)

@@ -5,61 +5,43 @@
  * and requests keep authenticating through lookup, with no 5xx.
  */
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type Redis from 'ioredis'
-import type { RedisServer } from './helpers/redis-server'
+import { record } from './helpers/key-source'
+import { HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, startPair } from './helpers/production-redis'
+import { usePrivateRedis } from './helpers/redis-server'
 import { appClient, assertWritesRefused, fillUntilRefused, startNoEvictionRedis } from './helpers/redis-topologies'
-import {
-  activeRecord, AppSet, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
-  type ScenarioApp
-} from './helpers/production-redis'
+import { sleepUntil } from './helpers/wait'
 
 const MAXMEMORY = '8mb'
 
 describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startNoEvictionRedis(MAXMEMORY)
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis(() => startNoEvictionRedis(MAXMEMORY))
 
   for (const backend of SHARED_BACKENDS) {
     test(`${backend}: delete() and clear() resolve and revoke everywhere; valid keys authenticate through lookup`, { timeout: 60_000 }, async (t) => {
-      await admin.flushall()
-      await admin.config('SET', 'maxmemory', MAXMEMORY)
-      const source = new TruthTable()
+      await redis.admin.flushall()
+      await redis.admin.config('SET', 'maxmemory', MAXMEMORY)
       const ledger = new RevocationLedger()
-      const apps = new AppSet()
-      t.after(() => apps.closeAll())
-      const a = await apps.start({ name: 'A', backend, redis: appClient(server.connectionOptions()), source })
-      const b = await apps.start({ name: 'B', backend, redis: appClient(server.connectionOptions()), source })
-      const pair: ScenarioApp[] = [a, b]
+      const { source, a, b, pair } = await startPair(t, backend, () => appClient(redis.server.connectionOptions()))
 
       // Cached in Redis (and in each tiered process) while Redis still had room.
       const toDelete = newTestKey('full')
       const toClear = newTestKey('full')
       const valid = newTestKey('full')
       for (const [i, { key, hash }] of [toDelete, toClear, valid].entries()) {
-        source.set(hash, activeRecord(`before-fill-${i}`))
+        source.answer(hash, record(`before-fill-${i}`))
         ledger.markValid(key)
         for (const app of pair) assert.equal((await ledger.check(app, key)).status, 200)
       }
-      const cachedBefore = await admin.dbsize()
+      const cachedBefore = await redis.admin.dbsize()
 
-      const fill = await fillUntilRefused(admin)
+      const fill = await fillUntilRefused(redis.admin)
       t.diagnostic(`Redis refused writes after ${fill.written} filler values (used_memory ${fill.usedMemory}); ${cachedBefore} keys were cached before`)
 
       // A key first seen now authenticates through lookup, every time, in both apps.
       const fresh = newTestKey('full')
-      source.set(fresh.hash, activeRecord('after-fill'))
+      source.answer(fresh.hash, record('after-fill'))
       ledger.markValid(fresh.key)
       for (let i = 0; i < 3; i++) {
         for (const app of pair) assert.equal((await ledger.check(app, fresh.key)).status, 200, `a valid key first seen on a full Redis (${app.name}, request ${i})`)
@@ -67,7 +49,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       assert.ok(source.calls(fresh.hash) >= 1, 'the fresh key was authenticated through lookup')
 
       // delete(): resolves, and every app refuses the key.
-      source.set(toDelete.hash, null)
+      source.answer(toDelete.hash, null)
       let deleteError: unknown
       await a.app.apiKeyCache.delete(toDelete.hash).catch((err: unknown) => { deleteError = err })
       if (deleteError !== undefined) assert.fail(`delete() must resolve on a full Redis (Redis allows deletes); it rejected: ${(deleteError as Error).message}`)
@@ -79,7 +61,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       await ledger.check(b, toDelete.key)
 
       // clear(): resolves, and every app refuses what it dropped.
-      source.set(toClear.hash, null)
+      source.answer(toClear.hash, null)
       let clearError: unknown
       await b.app.apiKeyCache.clear().catch((err: unknown) => { clearError = err })
       if (clearError !== undefined) assert.fail(`clear() must resolve on a full Redis; it rejected: ${(clearError as Error).message}`)
@@ -91,7 +73,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       await ledger.check(a, toClear.key)
 
       // Still full: nothing above freed enough memory to let writes through.
-      await assertWritesRefused(admin)
+      await assertWritesRefused(redis.admin)
       // And over the next second, the picture holds: revoked keys refused, valid keys accepted.
       const until = now() + 1000
       while (now() < until) {
@@ -102,7 +84,7 @@ describe(`Full Redis: maxmemory ${MAXMEMORY} reached, noeviction`, () => {
       }
       t.diagnostic(ledger.summary())
       ledger.assertClean(`${backend} on a full Redis`)
-      await assertWritesRefused(admin)
+      await assertWritesRefused(redis.admin)
     })
   }
 })

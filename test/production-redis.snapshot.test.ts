@@ -6,16 +6,15 @@
  * and keeps refusing them. Valid keys keep being accepted; no 5xx.
  */
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type Redis from 'ioredis'
-import type { RedisServer } from './helpers/redis-server'
-import { appClient, restartFromSnapshot, saveSnapshot } from './helpers/redis-topologies'
+import { record } from './helpers/key-source'
 import {
-  activeRecord, AppSet, FAULT_BOUND_MS, HEALTHY_BOUND_MS, newTestKey, sleepUntil, now, RevocationLedger, SHARED_BACKENDS, TruthTable,
-  type ScenarioApp, type TestKey
+  FAULT_BOUND_MS, HEALTHY_BOUND_MS, newTestKey, now, RevocationLedger, SHARED_BACKENDS, startPair, type TestKey
 } from './helpers/production-redis'
-import { startRedis } from './helpers/redis-server'
+import { usePrivateRedis } from './helpers/redis-server'
+import { appClient, restartFromSnapshot, saveSnapshot } from './helpers/redis-topologies'
+import { sleepUntil } from './helpers/wait'
 
 const REVOKED = 6
 const KEPT = 3
@@ -23,44 +22,28 @@ const KEPT = 3
 const KEEP_CHECKING_MS = 3000
 
 describe('Restart from an older snapshot: SAVE, revoke, kill Redis, restart it from the snapshot', () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startRedis()
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis()
 
   for (const backend of SHARED_BACKENDS) {
     test(`${backend}: revoked keys are refused by every app within ${FAULT_BOUND_MS} ms of Redis being back, and stay refused`, { timeout: 60_000 }, async (t) => {
-      const source = new TruthTable()
       const ledger = new RevocationLedger()
-      const apps = new AppSet()
-      t.after(() => apps.closeAll())
-      const a = await apps.start({ name: 'A', backend, redis: appClient(server.connectionOptions()), source })
-      const b = await apps.start({ name: 'B', backend, redis: appClient(server.connectionOptions()), source })
-      const pair: ScenarioApp[] = [a, b]
+      const { source, pair } = await startPair(t, backend, () => appClient(redis.server.connectionOptions()))
 
       const toRevoke: TestKey[] = Array.from({ length: REVOKED }, () => newTestKey('snapshot'))
       const kept: TestKey[] = Array.from({ length: KEPT }, () => newTestKey('snapshot'))
       for (const [i, { key, hash }] of [...toRevoke, ...kept].entries()) {
-        source.set(hash, activeRecord(`snapshot-${i}`))
+        source.answer(hash, record(`snapshot-${i}`))
         ledger.markValid(key)
       }
       for (const { key } of [...toRevoke, ...kept]) {
         for (const app of pair) assert.equal((await ledger.check(app, key)).status, 200, 'warm-up')
       }
-      await admin.set('canary:before-save', '1')
-      await saveSnapshot(admin)
+      await redis.admin.set('canary:before-save', '1')
+      await saveSnapshot(redis.admin)
 
       // Revoked on a healthy Redis: refused at once where deleted, within the healthy bound elsewhere.
       for (const [i, { key, hash }] of toRevoke.entries()) {
-        source.set(hash, null)
+        source.answer(hash, null)
         const deleter = pair[i % 2]!
         await deleter.app.apiKeyCache.delete(hash)
         const resolvedAt = now()
@@ -71,11 +54,11 @@ describe('Restart from an older snapshot: SAVE, revoke, kill Redis, restart it f
       }
 
       // Proof that the restart loads a snapshot older than the deletes: a write made after SAVE is gone.
-      await admin.set('canary:after-save', '1')
-      await restartFromSnapshot(server)
+      await redis.admin.set('canary:after-save', '1')
+      await restartFromSnapshot(redis.server)
       const backAt = now()
-      assert.equal(await admin.exists('canary:before-save'), 1, 'the snapshot was loaded')
-      assert.equal(await admin.exists('canary:after-save'), 0, 'the snapshot is older than the writes after SAVE')
+      assert.equal(await redis.admin.exists('canary:before-save'), 1, 'the snapshot was loaded')
+      assert.equal(await redis.admin.exists('canary:after-save'), 0, 'the snapshot is older than the writes after SAVE')
       // From Redis being back, the fault bound applies.
       for (const { key } of toRevoke) ledger.markRevoked(key, backAt, FAULT_BOUND_MS, 'restored by the snapshot')
 

@@ -5,39 +5,28 @@
  * `lookup` as in any outage.
  */
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
-import type Redis from 'ioredis'
+import { describe, test } from 'node:test'
 import { requestPathCommandCalls } from './helpers/command-stats'
-import { startRedis, type RedisServer } from './helpers/redis-server'
+import { KeySource, record } from './helpers/key-source'
+import { AppSet, newTestKey, now, request } from './helpers/production-redis'
+import { startRedis, usePrivateRedis } from './helpers/redis-server'
 import { appClient } from './helpers/redis-topologies'
-import { activeRecord, AppSet, newTestKey, now, request, TruthTable } from './helpers/production-redis'
 
 // The contract's 2 s, with room for a busy machine.
 const READY_WITHOUT_REDIS_MS = 5000
 const KEY_PREFIX = 'apikey:'
 
 describe('Start-up: ready() of a tiered app', () => {
-  let server: RedisServer
-  let admin: Redis
-
-  before(async () => {
-    server = await startRedis()
-    admin = server.client()
-  })
-
-  after(async () => {
-    admin?.disconnect()
-    await server?.destroy()
-  })
+  const redis = usePrivateRedis()
 
   test('resolves once the app serves from process memory: the second request of a key cached in Redis is a memory hit', { timeout: 60_000 }, async (t) => {
-    const source = new TruthTable()
+    const source = new KeySource()
     const keys = [newTestKey('startup'), newTestKey('startup')]
     // Another process cached the keys in Redis, then went away.
     const writers = new AppSet()
-    const writer = await writers.start({ name: 'W', backend: 'redis', redis: appClient(server.connectionOptions()), source })
+    const writer = await writers.start({ name: 'W', backend: 'redis', redis: appClient(redis.server.connectionOptions()), source })
     for (const [i, { key, hash }] of keys.entries()) {
-      source.set(hash, activeRecord(`startup-${i}`))
+      source.answer(hash, record(`startup-${i}`))
       assert.equal((await request(writer, key)).status, 200)
     }
     await writers.closeAll()
@@ -47,20 +36,20 @@ describe('Start-up: ready() of a tiered app', () => {
     for (let round = 0; round < 3; round++) {
       const apps = new AppSet()
       try {
-        const fresh = await apps.start({ name: `N${round}`, backend: 'tiered', redis: appClient(server.connectionOptions()), source })
+        const fresh = await apps.start({ name: `N${round}`, backend: 'tiered', redis: appClient(redis.server.connectionOptions()), source })
         for (const [i, { key, hash }] of keys.entries()) {
           const first = await request(fresh, key)
           assert.equal(first.status, 200, `round ${round}, key ${i}: first request`)
           // Behind the plugin's back, Redis's copy now says the key is inactive: only a request
           // served from process memory still accepts it.
-          const stored = await admin.get(KEY_PREFIX + hash)
+          const stored = await redis.admin.get(KEY_PREFIX + hash)
           assert.ok(stored !== null, 'the record is in Redis')
-          await admin.set(KEY_PREFIX + hash, JSON.stringify({ ...JSON.parse(stored), active: false }), 'KEEPTTL')
+          await redis.admin.set(KEY_PREFIX + hash, JSON.stringify({ ...JSON.parse(stored), active: false }), 'KEEPTTL')
           const hitsBefore = fresh.app.apiKeyCache.stats().hits
-          const commandsBefore = await requestPathCommandCalls(admin)
+          const commandsBefore = await requestPathCommandCalls(redis.admin)
           const second = await request(fresh, key)
-          const commandsAfter = await requestPathCommandCalls(admin)
-          await admin.set(KEY_PREFIX + hash, stored, 'KEEPTTL')
+          const commandsAfter = await requestPathCommandCalls(redis.admin)
+          await redis.admin.set(KEY_PREFIX + hash, stored, 'KEEPTTL')
           t.diagnostic(`round ${round}, key ${i}: second request ${second.status}, request-path commands sent meanwhile: ${commandsAfter - commandsBefore}`)
           assert.equal(second.status, 200, `round ${round}, key ${i}: the second request right after ready() was not served from process memory (it saw Redis's copy)`)
           assert.equal(fresh.app.apiKeyCache.stats().hits, hitsBefore + 1, `round ${round}, key ${i}: counted as a hit`)
@@ -84,7 +73,7 @@ describe('Start-up: ready() of a tiered app', () => {
       if (outage === 'stopped') await down.stop()
       else process.kill(pid, 'SIGSTOP')
 
-      const source = new TruthTable()
+      const source = new KeySource()
       const apps = new AppSet()
       t.after(() => apps.closeAll())
       const startedAt = now()
@@ -96,7 +85,7 @@ describe('Start-up: ready() of a tiered app', () => {
       assert.ok(readyMs <= READY_WITHOUT_REDIS_MS, `ready() took ${readyMs.toFixed(0)} ms with Redis ${outage}`)
 
       const valid = newTestKey('startup')
-      source.set(valid.hash, activeRecord('startup-valid'))
+      source.answer(valid.hash, record('startup-valid'))
       const unknown = newTestKey('startup')
       for (let i = 0; i < 5; i++) {
         const accepted = await request(app, valid.key)

@@ -7,9 +7,9 @@ import Redis from 'ioredis'
 import fastifyAuthCache, { generateApiKey, hashApiKey, rateLimitByApiKey, type ApiKeyRecord } from '../lib'
 import { clientIpKey } from '../lib/rate-limit/client-ip'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
-import { startWorkers, type IpcWorker, type WorkerReply } from './helpers/ipc-worker'
+import { Child } from './helpers/child-process'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
 // CONTRACT section 8: per-key rate limits, enforced by the real @fastify/rate-limit with its
 // Redis store, in two server processes sharing one private redis-server.
@@ -45,18 +45,19 @@ interface Answer { status: number, code?: string, headers: Record<string, string
 
 let redis: RedisServer
 let admin: Redis
-let workers: IpcWorker[] = []
+let workers: Child[] = []
 
 before(async () => {
   redis = await startRedis()
   admin = redis.client()
-  workers = await startWorkers(2, WORKER, {
+  const env = {
     REDIS_URL: redis.url,
     NAMESPACE,
     RECORDS: JSON.stringify(table),
     DEFAULT_MAX: String(DEFAULT_MAX),
     DEFAULT_WINDOW_MS: String(DEFAULT_WINDOW_MS)
-  })
+  }
+  workers = await Child.startAll(2, (i) => ({ name: `rate-limit worker ${i}`, file: WORKER, env }))
 })
 
 after(async () => {
@@ -66,8 +67,8 @@ after(async () => {
   failIfHeldOpen('rate-limit.multiprocess.test.ts')
 })
 
-async function request (worker: IpcWorker, options: { url?: string, method?: 'GET' | 'POST', key?: string, remoteAddress?: string }): Promise<Answer> {
-  const reply: WorkerReply = await worker.request('request', { method: 'GET', url: '/orders', ...options })
+async function request (worker: Child, options: { url?: string, method?: 'GET' | 'POST', key?: string, remoteAddress?: string }): Promise<Answer> {
+  const reply: Answer = await worker.call('request', { method: 'GET', url: '/orders', ...options })
   return { status: reply.status, code: reply.code, headers: reply.headers }
 }
 
@@ -123,7 +124,7 @@ describe('rateLimitByApiKey with @fastify/rate-limit and its Redis store, two pr
     const limited = await request(workers[1]!, { key: KEYS.short })
     assertLimited(limited, 1, 'short\'s second request')
     assert.ok(Number(limited.headers['retry-after']) <= 2, 'its own 1.5 s window')
-    await waitUntil('short\'s window of 1.5 s ends', 15_000, async () => (await request(workers[1]!, { key: KEYS.short })).status === 200)
+    await until('short\'s window of 1.5 s ends', async () => (await request(workers[1]!, { key: KEYS.short })).status === 200, 15_000)
 
     const junk = await request(workers[0]!, { key: KEYS.junkLimit })
     assert.equal(junk.status, 200)

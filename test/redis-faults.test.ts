@@ -2,10 +2,12 @@ import assert from 'node:assert/strict'
 import { after, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
-import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord } from '../lib'
+import fastifyAuthCache, { generateApiKey, hashApiKey } from '../lib'
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
+import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 // The contract's bound is redisTimeoutMs on each Redis call; a request may make a few of them
 // and the machine is loaded, so each request is held to ten times that.
@@ -43,7 +45,7 @@ async function build (t: TestContext, backend: 'redis' | 'tiered'): Promise<Harn
     client.disconnect()
   })
   const { key, hash } = generateApiKey({ prefix: 'fault' })
-  let lookups = 0
+  const source = new KeySource().answer(hash, record('survivor'))
   const keyPrefix = `faults-${++apps}:`
   await app.register(fastifyAuthCache, {
     backend,
@@ -52,10 +54,7 @@ async function build (t: TestContext, backend: 'redis' | 'tiered'): Promise<Harn
     redisTimeoutMs: REDIS_TIMEOUT_MS,
     apiKeys: {
       keyPrefix,
-      lookup: async (keyHash): Promise<ApiKeyRecord | null> => {
-        lookups++
-        return keyHash === hash ? { id: 'survivor', active: true } : null
-      }
+      lookup: source.lookup
     }
   })
   app.get('/', (request) => ({ id: request.apiKey.id }))
@@ -70,7 +69,7 @@ async function build (t: TestContext, backend: 'redis' | 'tiered'): Promise<Harn
     assert.ok(took < REQUEST_BOUND_MS, `${what} took ${Math.round(took)} ms`)
     return took
   }
-  return { app, log, key, keyPrefix, lookups: () => lookups, authenticate }
+  return { app, log, key, keyPrefix, lookups: () => source.lookups, authenticate }
 }
 
 /**
@@ -78,15 +77,12 @@ async function build (t: TestContext, backend: 'redis' | 'tiered'): Promise<Harn
  * Redis calls of a new connection (script loading) may exceed the timeout, so this polls.
  */
 async function assertCachingWorks (h: Harness): Promise<void> {
-  const deadline = performance.now() + RECOVERY_DEADLINE_MS
-  for (;;) {
+  await until('the healthy cache answers', async () => {
     const lookups = h.lookups()
     const hits = h.app.apiKeyCache.stats().hits
     await h.authenticate('healthy request')
-    if (h.lookups() === lookups && h.app.apiKeyCache.stats().hits === hits + 1) return
-    assert.ok(performance.now() < deadline, 'the healthy cache never answered')
-    await sleep(50)
-  }
+    return h.lookups() === lookups && h.app.apiKeyCache.stats().hits === hits + 1
+  }, { deadlineMs: RECOVERY_DEADLINE_MS, pauseMs: 50 })
 }
 
 const BURST = 20
@@ -114,14 +110,12 @@ async function keepAuthenticating (h: Harness, what: string, durationMs: number,
  */
 async function assertRecovers (h: Harness, what: string): Promise<number> {
   const started = performance.now()
-  for (;;) {
+  await until(`${what}: a request is a cache hit again`, async () => {
     const lookups = h.lookups()
     const errors = h.app.apiKeyCache.stats().backendErrors
     await h.authenticate(`${what}, recovering`)
-    if (h.lookups() === lookups && h.app.apiKeyCache.stats().backendErrors === errors) break
-    assert.ok(performance.now() - started < RECOVERY_DEADLINE_MS, `${what}: no cache hit within ${RECOVERY_DEADLINE_MS} ms`)
-    await sleep(50)
-  }
+    return h.lookups() === lookups && h.app.apiKeyCache.stats().backendErrors === errors
+  }, { deadlineMs: RECOVERY_DEADLINE_MS, pauseMs: 50 })
   const recoveredIn = performance.now() - started
   const settled = h.app.apiKeyCache.stats()
   const lookups = h.lookups()

@@ -4,10 +4,11 @@ import type { FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
 import { hashApiKey } from '../lib'
 import {
-  buildApp, call, deferred, KeySource, newKey, newPrefix, record, until,
-  type ApiKeyCacheContractFixture, type AppSettings
+  buildApp, call, newKey, newPrefix, type ApiKeyCacheContractFixture, type AppSettings
 } from './helpers/api-key-cache-contract'
+import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
+import { deferred, until } from './helpers/wait'
 
 const redis = usePrivateRedis()
 

@@ -4,7 +4,7 @@ import { generateApiKey } from '../lib'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { setRecordEverywhere, TieredWorker, type WatchOutcome } from './helpers/tiered-worker-process'
-import { waitUntil } from './helpers/wait-until'
+import { until } from './helpers/wait'
 
 // CONTRACT section 8, rotation with a grace period: a new key from generateApiKey; the old
 // record's expiresAt set to now + grace in the source of truth; apiKeyCache.delete(oldHash) in
@@ -42,12 +42,12 @@ describe('key rotation with a grace period, tiered backend, two processes', () =
     await setRecordEverywhere(workers, old.hash, { id: 'client-7', active: true })
     // Both processes hold the old record, without an expiry, in memory.
     for (const worker of workers) {
-      await waitUntil(`worker ${worker.name} serves the old key from memory`, 10_000, async () => {
+      await until(`worker ${worker.name} serves the old key from memory`, async () => {
         assert.equal((await worker.request(old.key)).status, 200)
         const before = await worker.stats()
         assert.equal((await worker.request(old.key)).status, 200)
         return (await worker.stats()).hits === before.hits + 1
-      })
+      }, 10_000)
     }
 
     // The rotation, as the README shows it.

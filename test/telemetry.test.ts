@@ -8,8 +8,10 @@ import { metrics } from '@opentelemetry/api'
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics'
 import Fastify from 'fastify'
 import fastifyAuthCache, { hashApiKey } from '../lib'
-import { buildApp, call, KeySource, newKey, newPrefix, record, until } from './helpers/api-key-cache-contract'
+import { buildApp, call, newKey, newPrefix } from './helpers/api-key-cache-contract'
+import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
+import { until } from './helpers/wait'
 
 /** CONTRACT section 11: diagnostics_channel messages and OpenTelemetry instruments. */
 

@@ -2,11 +2,13 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type Redis from 'ioredis'
-import { generateApiKey, type ApiKeyRecord } from '../lib'
+import { generateApiKey } from '../lib'
+import { percentile, sortedCopy } from '../bench/percentiles'
 import { requestPathCommandCalls } from './helpers/command-stats'
+import { record } from './helpers/key-source'
 import { startRedis, type RedisServer } from './helpers/redis-server'
 import { setRecordEverywhere, TieredWorker, type Revocation, type WatchOutcome, type WorkerStats } from './helpers/tiered-worker-process'
-import { waitUntil } from './helpers/wait-until'
+import { retryUntilResolved, until } from './helpers/wait'
 
 // CONTRACT section 4: the bounds under test.
 const HEALTHY_P99_MS = 10
@@ -32,17 +34,8 @@ function newKey (): { key: string, hash: string } {
   return generateApiKey({ prefix: 'tiered' })
 }
 
-function active (id: string): ApiKeyRecord {
-  return { id, active: true }
-}
-
-/** Nearest-rank percentile. */
-function percentile (sorted: number[], p: number): number {
-  return sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)]!
-}
-
 function summary (samples: number[]): { p50: number, p99: number, max: number, text: string } {
-  const sorted = [...samples].sort((x, y) => x - y)
+  const sorted = sortedCopy(samples)
   const p50 = percentile(sorted, 50)
   const p99 = percentile(sorted, 99)
   const max = sorted[sorted.length - 1]!
@@ -70,12 +63,12 @@ describe('tiered backend across processes sharing one Redis', () => {
   /** Waits for an invalidation subscriber that belongs to no known worker, and records it as `worker`'s. */
   async function learnSubscriber (worker: TieredWorker): Promise<void> {
     const others = new Set([...subscriberOf].filter(([name]) => name !== worker.name).map(([, id]) => id))
-    await waitUntil(`worker ${worker.name}'s subscriber connects`, 15_000, async () => {
+    await until(`worker ${worker.name}'s subscriber connects`, async () => {
       const fresh = (await clientList()).filter((entry) => entry.name === SUBSCRIBER_NAME && !others.has(entry.id))
       if (fresh.length !== 1) return false
       subscriberOf.set(worker.name, fresh[0]!.id)
       return true
-    })
+    }, 15_000)
   }
 
   /** Closes every connection `worker` has to Redis, as a network blip or a proxy would. */
@@ -94,7 +87,7 @@ describe('tiered backend across processes sharing one Redis', () => {
    * Redis is unreachable sends nothing either, but is a miss.)
    */
   async function warmInL1 (worker: TieredWorker, key: string, deadlineMs = 10_000): Promise<void> {
-    await waitUntil(`worker ${worker.name} serves the key from process memory`, deadlineMs, async () => {
+    await until(`worker ${worker.name} serves the key from process memory`, async () => {
       const first = await worker.request(key)
       assert.equal(first.status, 200, `warm-up request in ${worker.name} answered ${first.status} ${first.code}`)
       const statsBefore = await worker.stats()
@@ -104,7 +97,7 @@ describe('tiered backend across processes sharing one Redis', () => {
       const statsAfter = await worker.stats()
       assert.equal(second.status, 200)
       return after === before && statsAfter.hits === statsBefore.hits + 1
-    })
+    }, deadlineMs)
   }
 
   function assertRefused (outcome: WatchOutcome, what: string): asserts outcome is WatchOutcome & { refused: NonNullable<WatchOutcome['refused']> } {
@@ -116,15 +109,8 @@ describe('tiered backend across processes sharing one Redis', () => {
 
   /** Deletes through `worker`, retrying while its connection to a restarted Redis comes back. */
   async function deleteUntilDone (worker: TieredWorker, hash: string): Promise<Revocation> {
-    const deadline = Date.now() + 15_000
-    for (;;) {
-      try {
-        return await worker.delete(hash)
-      } catch (err) {
-        if (Date.now() > deadline) throw err
-        await sleep(50)
-      }
-    }
+    const { value } = await retryUntilResolved(`worker ${worker.name}'s delete resolves`, () => worker.delete(hash), { deadlineMs: 15_000, pauseMs: 50 })
+    return value
   }
 
   /**
@@ -186,11 +172,11 @@ describe('tiered backend across processes sharing one Redis', () => {
     const timings: RevocationTiming[] = []
     for (let i = 0; i < REVOCATIONS; i++) {
       const { key, hash } = newKey()
-      await setRecordEverywhere(workers, hash, active(`a-${i}`))
+      await setRecordEverywhere(workers, hash, record(`a-${i}`))
       await warmInL1(b, key)
       timings.push(await watchHealthyRevocation(`delete ${i}`, key, async () => {
         // Both ways a key stops being valid: gone from the source of truth, or disabled there.
-        await setRecordEverywhere(workers, hash, i % 2 === 0 ? null : { id: `a-${i}`, active: false })
+        await setRecordEverywhere(workers, hash, i % 2 === 0 ? null : record(`a-${i}`, { active: false }))
         return await a.delete(hash)
       }))
     }
@@ -201,7 +187,7 @@ describe('tiered backend across processes sharing one Redis', () => {
     const latencies: number[] = []
     for (let i = 0; i < 6; i++) {
       const { key, hash } = newKey()
-      await setRecordEverywhere(workers, hash, active(`b-${i}`))
+      await setRecordEverywhere(workers, hash, record(`b-${i}`))
       await warmInL1(b, key)
       await b.watchStart(key, 10_000, WATCH_PAUSE_MS)
       // Killed before the revocation, B's subscriber misses the message: only the flush on
@@ -219,7 +205,7 @@ describe('tiered backend across processes sharing one Redis', () => {
       // B comes back: a new subscriber, trusted again, and its process memory in use.
       await learnSubscriber(b)
       const next = newKey()
-      await setRecordEverywhere(workers, next.hash, active(`b-next-${i}`))
+      await setRecordEverywhere(workers, next.hash, record(`b-next-${i}`))
       await warmInL1(b, next.key, 15_000)
     }
     t.diagnostic(`delete in A resolved -> first 401 in B with B's connections killed: ${summary(latencies).text}`)
@@ -229,7 +215,7 @@ describe('tiered backend across processes sharing one Redis', () => {
     const latencies: number[] = []
     for (let i = 0; i < 2; i++) {
       const { key, hash } = newKey()
-      await setRecordEverywhere(workers, hash, active(`c-${i}`))
+      await setRecordEverywhere(workers, hash, record(`c-${i}`))
       await warmInL1(b, key)
       await warmInL1(c, key)
       await b.watchStart(key, 20_000, WATCH_PAUSE_MS)
@@ -256,7 +242,7 @@ describe('tiered backend across processes sharing one Redis', () => {
       assert.equal(inC.status, 401, 'C, which was not watching, refuses the key too')
       // Every worker trusts its bus again and serves from process memory.
       const next = newKey()
-      await setRecordEverywhere(workers, next.hash, active(`c-next-${i}`))
+      await setRecordEverywhere(workers, next.hash, record(`c-next-${i}`))
       for (const worker of workers) await warmInL1(worker, next.key, 15_000)
     }
     t.diagnostic(`delete in A resolved -> first 401 in B around a Redis restart: ${summary(latencies).text}`)
@@ -267,13 +253,13 @@ describe('tiered backend across processes sharing one Redis', () => {
     for (let i = 0; i < REVOCATIONS; i++) {
       const watched = newKey()
       const other = newKey()
-      await setRecordEverywhere(workers, watched.hash, active(`d-${i}`))
-      await setRecordEverywhere(workers, other.hash, active(`d-other-${i}`))
+      await setRecordEverywhere(workers, watched.hash, record(`d-${i}`))
+      await setRecordEverywhere(workers, other.hash, record(`d-other-${i}`))
       await warmInL1(b, watched.key)
       await warmInL1(c, other.key)
       timings.push(await watchHealthyRevocation(`clear ${i}`, watched.key, async () => {
         await setRecordEverywhere(workers, watched.hash, null)
-        await setRecordEverywhere(workers, other.hash, { id: `d-other-${i}`, active: false })
+        await setRecordEverywhere(workers, other.hash, record(`d-other-${i}`, { active: false }))
         return await a.clear()
       }))
       const inC = await c.request(other.key)
@@ -293,10 +279,10 @@ describe('tiered backend across processes sharing one Redis', () => {
     await b.delete(newKey().hash)
     // A sent 4, C 1, B 1: each process counts what the other two sent.
     const expected = [2, 5, 5]
-    await waitUntil('every invalidation is delivered', 10_000, async () => {
+    await until('every invalidation is delivered', async () => {
       const now = await gained()
       return now.every((count, i) => count >= expected[i]!)
-    })
+    }, 10_000)
     // Redis delivers in order, but a process that counted its own messages would overshoot a
     // moment later: look again after several heartbeats.
     await sleep(500)
@@ -308,7 +294,7 @@ describe('tiered backend across processes sharing one Redis', () => {
     await b.setLookupDelay(150)
     const known = newKey()
     const unknown = newKey()
-    await setRecordEverywhere(workers, known.hash, active('f-known'))
+    await setRecordEverywhere(workers, known.hash, record('f-known'))
 
     for (const [key, status] of [[known.key, 200], [unknown.key, 401]] as const) {
       const before = await b.stats()

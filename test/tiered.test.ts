@@ -3,10 +3,11 @@ import { describe, test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance } from 'fastify'
-import fastifyAuthCache, { generateApiKey, type ApiKeyLookup, type ApiKeyRecord } from '../lib'
+import fastifyAuthCache, { generateApiKey } from '../lib'
 import { commandCalls, requestPathCommandCalls } from './helpers/command-stats'
+import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
-import { waitUntil } from './helpers/wait-until'
+import { deferred, until } from './helpers/wait'
 
 const PREFIX = 'apikey:'
 // CONTRACT section 4: bound for a process whose connection to Redis was lost around a revocation.
@@ -19,20 +20,20 @@ function newKey (): { key: string, hash: string } {
 describe('tiered backend in one process', () => {
   const redis = usePrivateRedis()
 
-  /** An app on the shared private Redis whose `lookup` reads `table`. */
-  async function buildApp (t: TestContext, lookup: ApiKeyLookup): Promise<FastifyInstance> {
+  /**
+   * An app on the shared private Redis whose `lookup` asks `source`. Not the contract's
+   * `buildApp`: the client comes through @fastify/redis and every option keeps its default
+   * (redisTimeoutMs 100 ms), as the bounds asserted here assume.
+   */
+  async function buildApp (t: TestContext, source: KeySource): Promise<FastifyInstance> {
     const app = Fastify()
     t.after(() => app.close())
     await app.register(fastifyRedis, { url: redis.server.url })
-    await app.register(fastifyAuthCache, { backend: 'tiered', apiKeys: { lookup } })
+    await app.register(fastifyAuthCache, { backend: 'tiered', apiKeys: { lookup: source.lookup } })
     app.get('/', async (request) => ({ id: request.apiKey.id }))
     await app.ready()
     assert.equal(app.apiKeyCache.backend, 'tiered')
     return app
-  }
-
-  function tableLookup (table: Map<string, ApiKeyRecord>): ApiKeyLookup {
-    return (keyHash) => table.get(keyHash) ?? null
   }
 
   async function status (app: FastifyInstance, key: string): Promise<number> {
@@ -50,22 +51,22 @@ describe('tiered backend in one process', () => {
   }
 
   async function warmInL1 (app: FastifyInstance, key: string, deadlineMs = 10_000): Promise<void> {
-    await waitUntil('the key is served from process memory', deadlineMs, async () => {
+    await until('the key is served from process memory', async () => {
       assert.equal(await status(app, key), 200)
       return await servedFromMemory(app, key)
-    })
+    }, deadlineMs)
   }
 
   test('an L1 hit sends nothing to Redis, and heartbeats are PUBLISH only', async (t) => {
-    const table = new Map<string, ApiKeyRecord>()
-    const app = await buildApp(t, tableLookup(table))
+    const source = new KeySource()
+    const app = await buildApp(t, source)
     const warm = newKey()
-    table.set(warm.hash, { id: 'warm', active: true })
+    source.answer(warm.hash, record('warm'))
     await warmInL1(app, warm.key)
 
     // The probe sees this app's traffic: a miss is a read and a fill.
     const fresh = newKey()
-    table.set(fresh.hash, { id: 'fresh', active: true })
+    source.answer(fresh.hash, record('fresh'))
     const beforeMiss = await requestPathCommandCalls(redis.admin)
     assert.equal(await status(app, fresh.key), 200)
     assert.ok(await requestPathCommandCalls(redis.admin) >= beforeMiss + 2, 'a miss reads and fills Redis')
@@ -75,8 +76,8 @@ describe('tiered backend in one process', () => {
     const statsBefore = app.apiKeyCache.stats()
     for (let i = 0; i < 100; i++) assert.equal(await status(app, warm.key), 200)
     // Stay idle across several heartbeats (300 ms apart) so that they show in the count.
-    await waitUntil('heartbeats are published', 5000, async () =>
-      ((await commandCalls(redis.admin)).get('publish') ?? 0) >= (before.get('publish') ?? 0) + 3)
+    await until('heartbeats are published', async () =>
+      ((await commandCalls(redis.admin)).get('publish') ?? 0) >= (before.get('publish') ?? 0) + 3, 5000)
     const statsAfter = app.apiKeyCache.stats()
 
     assert.equal(await requestPathCommandCalls(redis.admin), requestPathBefore, '100 hits and the heartbeats sent no GET/EVALSHA/SET')
@@ -86,18 +87,18 @@ describe('tiered backend in one process', () => {
   })
 
   test('while the invalidation bus is untrusted L1 is bypassed and flushed; it is trusted again after reconnecting', async (t) => {
-    const table = new Map<string, ApiKeyRecord>()
-    const app = await buildApp(t, tableLookup(table))
+    const source = new KeySource()
+    const app = await buildApp(t, source)
     const stale = newKey()
     const steady = newKey()
-    table.set(stale.hash, { id: 'stale', active: true })
-    table.set(steady.hash, { id: 'steady', active: true })
+    source.answer(stale.hash, record('stale'))
+    source.answer(steady.hash, record('steady'))
     await warmInL1(app, stale.key)
     await warmInL1(app, steady.key)
 
     // A revocation whose message never arrives: the entry leaves Redis and the source of truth
     // silently. With the bus healthy, L1 keeps serving it (nothing said otherwise) ...
-    table.set(stale.hash, { id: 'stale', active: false })
+    source.answer(stale.hash, record('stale', { active: false }))
     assert.equal(await redis.admin.del(PREFIX + stale.hash), 1)
     assert.ok(await servedFromMemory(app, stale.key), 'the silently revoked key is still in L1')
 
@@ -106,11 +107,11 @@ describe('tiered backend in one process', () => {
     // The test's client, the app's client and its subscriber; connections of earlier tests must
     // be gone, or their slots would let the subscriber back in.
     const clients = async (): Promise<number> => ((await redis.admin.call('CLIENT', 'LIST')) as string).trim().split('\n').length
-    await waitUntil('only this app is connected', 5000, async () => (await clients()) === 3)
+    await until('only this app is connected', async () => (await clients()) === 3, 5000)
     await redis.admin.config('SET', 'maxclients', '2')
     assert.equal(await redis.admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub'), 1)
 
-    await waitUntil('L1 is bypassed', DISRUPTED_BOUND_MS, async () => !(await servedFromMemory(app, steady.key)))
+    await until('L1 is bypassed', async () => !(await servedFromMemory(app, steady.key)), DISRUPTED_BOUND_MS)
     // Across several heartbeat intervals, every request goes to Redis.
     const bypassedUntil = Date.now() + 1000
     let bypassed = 0
@@ -130,25 +131,25 @@ describe('tiered backend in one process', () => {
   })
 
   test(`a silent bus (heartbeat echo lost) is distrusted within ${DISRUPTED_BOUND_MS} ms`, async (t) => {
-    const table = new Map<string, ApiKeyRecord>()
-    const app = await buildApp(t, tableLookup(table))
+    const source = new KeySource()
+    const app = await buildApp(t, source)
     const stale = newKey()
-    table.set(stale.hash, { id: 'stale', active: true })
+    source.answer(stale.hash, record('stale'))
     await warmInL1(app, stale.key)
-    table.set(stale.hash, { id: 'stale', active: false })
+    source.answer(stale.hash, record('stale', { active: false }))
     assert.equal(await redis.admin.del(PREFIX + stale.hash), 1)
 
     // Paused writes hold PUBLISH and scripts: the subscriber stays connected but hears nothing.
     t.after(() => redis.admin.call('CLIENT', 'UNPAUSE'))
     const pausedAt = Date.now()
     await redis.admin.call('CLIENT', 'PAUSE', '10000', 'WRITE')
-    await waitUntil('the silently revoked key is refused', DISRUPTED_BOUND_MS, async () =>
-      (await status(app, stale.key)) === 401)
+    await until('the silently revoked key is refused', async () =>
+      (await status(app, stale.key)) === 401, DISRUPTED_BOUND_MS)
     t.diagnostic(`refused ${Date.now() - pausedAt} ms after the bus went silent`)
     await redis.admin.call('CLIENT', 'UNPAUSE')
 
     const next = newKey()
-    table.set(next.hash, { id: 'next', active: true })
+    source.answer(next.hash, record('next'))
     await warmInL1(app, next.key, 15_000)
   })
 
@@ -162,44 +163,32 @@ describe('tiered backend in one process', () => {
 
     for (const [name, revoke] of Object.entries(revokers)) {
       test(name, async (t) => {
-        const table = new Map<string, ApiKeyRecord>()
-        let gate: { entered: () => void, release: Promise<void> } | undefined
-        // The first lookup for the key reads the source of truth, then waits to be released:
-        // a database answer still on its way back while the key is revoked.
-        const slow = await buildApp(t, async (keyHash) => {
-          const record = table.get(keyHash) ?? null
-          const current = gate
-          gate = undefined
-          if (current !== undefined) {
-            current.entered()
-            await current.release
-          }
-          return record
-        })
-        const other = await buildApp(t, tableLookup(table))
+        const source = new KeySource()
+        const slow = await buildApp(t, source)
+        const other = await buildApp(t, source)
         const warm = newKey()
-        table.set(warm.hash, { id: 'warm', active: true })
+        source.answer(warm.hash, record('warm'))
         await warmInL1(slow, warm.key)
         await warmInL1(other, warm.key)
 
         const { key, hash } = newKey()
-        table.set(hash, { id: 'revoked', active: true })
-        let release!: () => void
-        const entered = new Promise<void>((resolve) => {
-          gate = { entered: resolve, release: new Promise<void>((resolve) => { release = resolve }) }
-        })
+        source.answer(hash, record('revoked'))
+        // The first lookup for the key reads the source of truth, then waits to be released:
+        // a database answer still on its way back while the key is revoked.
+        const release = deferred()
+        const entered = source.holdNext(hash, () => release.promise)
         const inFlight = slow.inject({ method: 'GET', url: '/', headers: { 'x-api-key': key } })
         await entered
 
-        table.set(hash, { id: 'revoked', active: false })
+        source.answer(hash, record('revoked', { active: false }))
         const heard = slow.apiKeyCache.stats().invalidations
         await revoke(slow, other, hash)
         if (name.includes('another')) {
           // A clear does not touch keys it cannot see, such as one being looked up: only its
           // announcement stops the stale fill, so the lookup ends once the slow app heard it.
-          await waitUntil('the revocation is heard', 5000, async () => slow.apiKeyCache.stats().invalidations > heard)
+          await until('the revocation is heard', async () => slow.apiKeyCache.stats().invalidations > heard, 5000)
         }
-        release()
+        release.resolve()
         // The request that started before the revocation was answered with what lookup read.
         assert.equal((await inFlight).statusCode, 200)
 

@@ -7,7 +7,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type ApiKeysOptions, type ApiKeyUsage } from '../lib'
 import { CapturedLog, LEVEL } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
-import { waitUntil } from './helpers/wait-until'
+import { deferred, until } from './helpers/wait'
 
 // CONTRACT section 8: usage reporting through apiKeys.onUsage.
 
@@ -41,13 +41,12 @@ class Reporter {
 
   readonly onUsage = (batch: ApiKeyUsage[]): void | Promise<void> => {
     const behaviour = this.script[this.calls.length] ?? 'ok'
-    let settle!: { resolve: () => void, reject: (err: Error) => void }
-    const settled = new Promise<void>((resolve, reject) => { settle = { resolve, reject } })
+    const settled = deferred()
     // A deep copy of what was handed over, as it was at the call.
-    this.calls.push({ at: Date.now(), batch: structuredClone(batch), ...settle })
+    this.calls.push({ at: Date.now(), batch: structuredClone(batch), resolve: () => settled.resolve(), reject: settled.reject })
     if (behaviour === 'throw') throw new Error('usage sink down')
     if (behaviour === 'reject') return Promise.reject(new Error('usage sink refused'))
-    if (behaviour === 'hang') return settled
+    if (behaviour === 'hang') return settled.promise
   }
 
   /** Total count per key hash over every call (or the calls given). */
@@ -60,7 +59,7 @@ class Reporter {
   }
 
   async waitForCalls (count: number): Promise<void> {
-    await waitUntil(`onUsage was called ${count} times`, DEADLINE_MS, async () => this.calls.length >= count)
+    await until(`onUsage was called ${count} times`, async () => this.calls.length >= count, DEADLINE_MS)
   }
 }
 
@@ -211,8 +210,8 @@ describe('apiKeys.onUsage', () => {
     await use(app, a.key, 3)
     await use(app, c.key, 1)
     // Several intervals pass while the first call runs: no second call, a warning.
-    await waitUntil('the running call is warned about', DEADLINE_MS, async () =>
-      log.at(LEVEL.warn).some((line) => /has not settled within usageFlushMs/.test(line.msg ?? '')))
+    await until('the running call is warned about', async () =>
+      log.at(LEVEL.warn).some((line) => /has not settled within usageFlushMs/.test(line.msg ?? '')), DEADLINE_MS)
     await new Promise((resolve) => setTimeout(resolve, FLUSH_MS * 3))
     assert.equal(reporter.calls.length, 1, 'no call while the previous one runs')
     reporter.calls[0]!.reject(new Error('timed out at last'))

@@ -6,8 +6,10 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
 import {
   fastifyAuthCache, hashApiKey,
-  type ApiKeyCacheStats, type ApiKeyLookup, type ApiKeyRecord, type ApiKeysOptions, type BackendName
+  type ApiKeyCacheStats, type ApiKeysOptions, type BackendName
 } from '../../lib'
+import { KeySource, record } from './key-source'
+import { deferred, until } from './wait'
 
 /**
  * A client of any library the plugin supports (ioredis, iovalkey, node-redis; single node or
@@ -41,69 +43,9 @@ export interface ApiKeyCacheContractFixture {
 }
 
 const TEST_TIMEOUT_MS = 30_000
-const POLL_DEADLINE_MS = 10_000
-
-export interface Deferred<T> {
-  promise: Promise<T>
-  resolve (value: T): void
-  reject (err: Error): void
-}
-
-export function deferred<T> (): Deferred<T> {
-  let resolve!: (value: T) => void
-  let reject!: (err: Error) => void
-  const promise = new Promise<T>((_resolve, _reject) => { resolve = _resolve; reject = _reject })
-  return { promise, resolve, reject }
-}
-
-/** Polls `check` until it returns a value other than undefined/false, or fails after a deadline. */
-export async function until<T> (what: string, check: () => T | undefined | false | Promise<T | undefined | false>,
-  deadlineMs = POLL_DEADLINE_MS): Promise<T> {
-  const deadline = Date.now() + deadlineMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) assert.fail(`timed out after ${deadlineMs} ms waiting until ${what}`)
-    await sleep(20)
-  }
-}
 
 export const newKey = (): string => `k_${randomBytes(16).toString('hex')}`
 export const newPrefix = (name = 'cc'): string => `${name}:${randomBytes(4).toString('hex')}:`
-
-export function record (id: string, extra: Record<string, unknown> = {}): ApiKeyRecord {
-  return { id, active: true, ...extra } as ApiKeyRecord
-}
-
-type Answer = () => unknown
-
-/**
- * The source of truth behind `lookup`: answers per key hash, changeable at any time, and a count
- * of the calls each hash caused. A hash it does not know is an unknown key.
- */
-export class KeySource {
-  private readonly answers = new Map<string, Answer>()
-  private readonly counts = new Map<string, number>()
-
-  /** A record, null for unknown, an Error to throw, or a function computing the answer per call. */
-  answer (keyHash: string, answer: unknown): this {
-    this.answers.set(keyHash, typeof answer === 'function' ? answer as Answer : () => answer)
-    return this
-  }
-
-  calls (keyHash: string): number {
-    return this.counts.get(keyHash) ?? 0
-  }
-
-  readonly lookup = (async (keyHash: string) => {
-    this.counts.set(keyHash, this.calls(keyHash) + 1)
-    const answer = this.answers.get(keyHash)
-    if (answer === undefined) return null
-    const value = await answer()
-    if (value instanceof Error) throw value
-    return value
-  }) as ApiKeyLookup
-}
 
 export interface Reply { status: number, code: string | undefined, body: any }
 

@@ -8,6 +8,7 @@ import fastifyAuthCache, {
   type SerializerContext
 } from '../../lib'
 import type { ContractRedis, InspectRedis } from './api-key-cache-contract'
+import { deferred, until } from './wait'
 
 type Store = CredentialStore<unknown>
 
@@ -24,22 +25,6 @@ export interface CredentialStoreContractFixture {
   createClient?: () => ContractRedis | Promise<ContractRedis>
   /** An ioredis client without keyPrefix for raw looks at exact keys; the suite never closes it. */
   inspect?: () => InspectRedis
-}
-
-interface Deferred { promise: Promise<void>, resolve: () => void }
-
-function deferred (): Deferred {
-  let resolve!: () => void
-  const promise = new Promise<void>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
-
-async function waitUntil (condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs
-  while (!(await condition())) {
-    if (performance.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await sleep(20)
-  }
 }
 
 /**
@@ -77,15 +62,11 @@ export function credentialStoreContract (label: string, fixture: CredentialStore
      * while Redis is healthy): waited for, generously, for a busy machine. Elsewhere at once.
      */
     async function expectLoad (store: Store, expected: unknown): Promise<void> {
-      const deadline = performance.now() + (backend === 'tiered' ? 2000 : 0)
-      for (;;) {
-        const loaded = await store.load()
-        if (JSON.stringify(loaded) === JSON.stringify(expected) || performance.now() >= deadline) {
-          assert.deepEqual(loaded, expected)
-          return
-        }
-        await sleep(5)
+      if (backend === 'tiered') {
+        await until(`a load gives ${JSON.stringify(expected)}`, async () => JSON.stringify(await store.load()) === JSON.stringify(expected),
+          { deadlineMs: 2000, pauseMs: 5 })
       }
+      assert.deepEqual(await store.load(), expected)
     }
 
     /** The credential store of a newly registered app; on Redis each app is a separate client, like another process. */
@@ -233,7 +214,7 @@ export function credentialStoreContract (label: string, fixture: CredentialStore
           const pttl = await client.pttl(fullKey)
           assert.ok(pttl > 0 && pttl <= ttlMs, `PTTL ${pttl} should be within (0, ${ttlMs}]`)
         }
-        await waitUntil(async () => (await store.load()) === undefined, 10_000, 'the credential to expire')
+        await until('the credential expired', async () => (await store.load()) === undefined, 10_000)
         const lived = performance.now() - writtenAfter
         assert.ok(lived >= ttlMs - 5, `expired after ${lived} ms, before its TTL of ${ttlMs} ms`)
       }

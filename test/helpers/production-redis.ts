@@ -4,11 +4,11 @@
  * and a ledger that judges every answer against the revocations that resolved before it.
  */
 import assert from 'node:assert/strict'
-import { setTimeout as sleep } from 'node:timers/promises'
+import type { TestContext } from 'node:test'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
-import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type FastifyAuthCacheOptions } from '../../lib'
-import { deferred, type Deferred } from './api-key-cache-contract'
+import fastifyAuthCache, { generateApiKey, type FastifyAuthCacheOptions } from '../../lib'
+import { KeySource } from './key-source'
 
 export type SharedBackend = 'redis' | 'tiered'
 export const SHARED_BACKENDS: SharedBackend[] = ['redis', 'tiered']
@@ -20,60 +20,10 @@ export const FAULT_BOUND_MS = 2000
 /** Milliseconds on one monotonic clock shared by every app of the test process. */
 export const now = (): number => performance.now()
 
-/** Sleeps until the shared clock reads at least `at` (timers may fire a fraction of a millisecond early). */
-export async function sleepUntil (at: number): Promise<void> {
-  while (now() < at) await sleep(Math.max(1, Math.ceil(at - now())))
-}
-
 export interface TestKey { key: string, hash: string }
 
 export function newTestKey (prefix = 'prod'): TestKey {
   return generateApiKey({ prefix })
-}
-
-export function activeRecord (id: string): ApiKeyRecord {
-  return { id, active: true } as ApiKeyRecord
-}
-
-/**
- * The source of truth behind every app's `lookup`. A lookup reads the table when it is called,
- * as a database query would, and may then take a while to answer what it read: an answer still
- * travelling back when the record changes is stale.
- */
-export class TruthTable {
-  private readonly records = new Map<string, ApiKeyRecord>()
-  private readonly slow = new Map<string, { ms: number, started: Deferred<void> }>()
-  private readonly counts = new Map<string, number>()
-  lookups = 0
-
-  set (hash: string, record: ApiKeyRecord | null): void {
-    if (record === null) this.records.delete(hash)
-    else this.records.set(hash, record)
-  }
-
-  calls (hash: string): number {
-    return this.counts.get(hash) ?? 0
-  }
-
-  /** The next lookup of `hash` answers `ms` after reading the table; resolves when it has read it. */
-  slowNext (hash: string, ms: number): Promise<void> {
-    const started = deferred<void>()
-    this.slow.set(hash, { ms, started })
-    return started.promise
-  }
-
-  readonly lookup = async (hash: string): Promise<ApiKeyRecord | null> => {
-    this.lookups++
-    this.counts.set(hash, this.calls(hash) + 1)
-    const answer = this.records.get(hash) ?? null
-    const slow = this.slow.get(hash)
-    if (slow !== undefined) {
-      this.slow.delete(hash)
-      slow.started.resolve()
-      await sleep(slow.ms)
-    }
-    return answer
-  }
 }
 
 export interface ScenarioApp {
@@ -85,7 +35,7 @@ export interface AppSettings {
   name: string
   backend: SharedBackend
   redis: Redis | Cluster
-  source: TruthTable
+  source: KeySource
   /** Default 1000: a stall of a loaded machine is not the subject here. */
   redisTimeoutMs?: number
   apiKeys?: Omit<NonNullable<FastifyAuthCacheOptions['apiKeys']>, 'lookup'>
@@ -96,7 +46,8 @@ export interface AppSettings {
 
 /**
  * Apps of one test, closed together (and their clients with them: the plugin never closes a
- * client it did not create).
+ * client it did not create). Not the contract's `buildApp`: a scenario names its apps for the
+ * ledger, may take one before `ready()`, and ends them when it chooses, not after the test.
  */
 export class AppSet {
   private readonly apps: ScenarioApp[] = []
@@ -124,6 +75,27 @@ export class AppSet {
     await Promise.all(this.apps.splice(0).map(({ app }) => app.close().catch(() => {})))
     for (const client of this.clients.splice(0)) client.disconnect()
   }
+}
+
+export interface AppPair {
+  source: KeySource
+  a: ScenarioApp
+  b: ScenarioApp
+  pair: ScenarioApp[]
+}
+
+/**
+ * Two processes of one deployment, apps A and B, each with a client of its own from `client()`,
+ * asking one source of truth; closed after the test.
+ */
+export async function startPair (t: TestContext, backend: SharedBackend, client: () => Redis | Cluster,
+  apiKeys?: AppSettings['apiKeys']): Promise<AppPair> {
+  const source = new KeySource()
+  const apps = new AppSet()
+  t.after(() => apps.closeAll())
+  const a = await apps.start({ name: 'A', backend, redis: client(), source, apiKeys })
+  const b = await apps.start({ name: 'B', backend, redis: client(), source, apiKeys })
+  return { source, a, b, pair: [a, b] }
 }
 
 export interface Answer {
@@ -217,28 +189,6 @@ export class RevocationLedger {
     assert.equal(this.violations.length, 0, `${what}: revoked keys accepted after delete() resolved: ${this.summary()}`)
     assert.equal(this.validRefused.length, 0, `${what}: valid keys refused: ${JSON.stringify(this.validRefused.slice(0, 5))}; ${this.summary()}`)
   }
-}
-
-/** Calls `revoke` until it resolves (a delete may reject during a failover), up to `deadlineMs`. */
-export async function untilResolved (revoke: () => Promise<void>, deadlineMs = 30_000, pauseMs = 100): Promise<{ resolvedAt: number, rejections: string[] }> {
-  const deadline = now() + deadlineMs
-  const rejections: string[] = []
-  for (;;) {
-    try {
-      await revoke()
-      return { resolvedAt: now(), rejections }
-    } catch (err) {
-      rejections.push((err as Error).message)
-      if (now() > deadline) throw new Error(`delete() kept rejecting for ${deadlineMs} ms: ${rejections.slice(-3).join(' | ')}`)
-      await sleep(pauseMs)
-    }
-  }
-}
-
-/** Nearest-rank percentile of unsorted samples. */
-export function percentile (samples: number[], p: number): number {
-  const sorted = [...samples].sort((x, y) => x - y)
-  return sorted[Math.max(0, Math.ceil(p / 100 * sorted.length) - 1)] ?? NaN
 }
 
 /** Runs `task(i)` for i in [0, count) with at most `concurrency` at a time. */

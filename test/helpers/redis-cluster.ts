@@ -3,9 +3,9 @@ import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Redis, { Cluster, type ClusterOptions } from 'ioredis'
 import { freePort } from './redis-server'
+import { until } from './wait'
 
 const MASTERS = 3
 const START_TIMEOUT_MS = 30_000
@@ -34,6 +34,15 @@ export async function run (command: string, args: string[], timeoutMs: number): 
   } finally {
     clearTimeout(timer)
   }
+}
+
+/** Joins the nodes on `ports` into one cluster, the first ones masters, each with `replicas` replicas. */
+export async function createCluster (ports: number[], replicas: number, timeoutMs: number): Promise<void> {
+  const created = await run('redis-cli', [
+    '--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`),
+    '--cluster-replicas', String(replicas), '--cluster-yes'
+  ], timeoutMs)
+  if (created.code !== 0) throw new Error(`redis-cli --cluster create exited with ${created.code}: ${created.output.trim()}`)
 }
 
 /** A node's own view, through a short-lived connection that never queues or retries. */
@@ -68,11 +77,7 @@ export class RedisCluster {
     try {
       for (let i = 0; i < MASTERS; i++) this.nodes.push(await this.spawnNode())
       await Promise.all(this.nodes.map((node) => this.waitForPing(node)))
-      const created = await run('redis-cli', [
-        '--cluster', 'create', ...this.ports.map((port) => `127.0.0.1:${port}`),
-        '--cluster-replicas', '0', '--cluster-yes'
-      ], START_TIMEOUT_MS)
-      if (created.code !== 0) throw new Error(`redis-cli --cluster create exited with ${created.code}: ${created.output.trim()}`)
+      await createCluster(this.ports, 0, START_TIMEOUT_MS)
       await this.waitForClusterOk()
       return this
     } catch (err) {
@@ -104,25 +109,21 @@ export class RedisCluster {
   }
 
   private async waitForPing (node: ClusterNodeProcess): Promise<void> {
-    const deadline = Date.now() + START_TIMEOUT_MS
-    while (Date.now() < deadline) {
-      if (node.spawnFailed || node.child.exitCode !== null || node.child.signalCode !== null) break
-      if (await probe(node.port, (client) => client.ping()) === 'PONG') return
-      await sleep(50)
-    }
-    throw new Error(`redis-server on 127.0.0.1:${node.port} did not answer PING`)
+    await until(`redis-server on 127.0.0.1:${node.port} answers PING`, async () => {
+      if (node.spawnFailed || node.child.exitCode !== null || node.child.signalCode !== null) {
+        throw new Error(`redis-server on 127.0.0.1:${node.port} is not running`)
+      }
+      return await probe(node.port, (client) => client.ping()) === 'PONG'
+    }, { deadlineMs: START_TIMEOUT_MS, pauseMs: 50 })
   }
 
   /** Every node must see the whole cluster healthy, or a client may be sent to one that does not. */
   private async waitForClusterOk (): Promise<void> {
-    const deadline = Date.now() + START_TIMEOUT_MS
-    while (Date.now() < deadline) {
+    await until('cluster_state is ok on every node', async () => {
       const states = await Promise.all(this.nodes.map((node) =>
         probe(node.port, async (client) => String(await client.cluster('INFO')))))
-      if (states.every((info) => info?.includes('cluster_state:ok') === true)) return
-      await sleep(100)
-    }
-    throw new Error('cluster_state did not become ok on every node')
+      return states.every((info) => info?.includes('cluster_state:ok') === true)
+    }, { deadlineMs: START_TIMEOUT_MS, pauseMs: 100 })
   }
 
   /** An ioredis Cluster client, closed by `destroy()` unless the caller closes it first. */

@@ -4,9 +4,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Redis, { type RedisOptions } from 'ioredis'
 import { after, before } from 'node:test'
+import { until } from './wait'
 
 /** A port the kernel just handed out on loopback, free at the time of asking. */
 export async function freePort (): Promise<number> {
@@ -88,16 +88,19 @@ export class RedisServer {
     let output = ''
     child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
     child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
-    const spawnError = once(child, 'error').then(([err]) => { throw err })
-    spawnError.catch(() => {})
-    const deadline = Date.now() + 10_000
-    while (Date.now() < deadline) {
-      if (child.exitCode !== null) break
-      if (await this.ping()) return this
-      await Promise.race([sleep(50), spawnError])
+    let spawnError: Error | undefined
+    child.on('error', (err) => { spawnError = err })
+    try {
+      await until(`redis-server on 127.0.0.1:${this.port} answers PING`, async () => {
+        if (spawnError !== undefined) throw spawnError
+        if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`)
+        return await this.ping()
+      }, { deadlineMs: 10_000, pauseMs: 50 })
+      return this
+    } catch (err) {
+      child.kill('SIGKILL')
+      throw new Error(`Could not start redis-server on 127.0.0.1:${this.port} (is redis-server installed and on PATH?): ${(err as Error).message}: ${output.trim()}`)
     }
-    child.kill('SIGKILL')
-    throw new Error(`Could not start redis-server on 127.0.0.1:${this.port} (is redis-server installed and on PATH?): ${output.trim()}`)
   }
 
   private async ping (): Promise<boolean> {
@@ -153,12 +156,15 @@ export interface PrivateRedis {
   readonly admin: Redis
 }
 
-/** One private server for a whole test file, started before its first test and destroyed after its last. */
-export function usePrivateRedis (): PrivateRedis {
+/**
+ * One private server for a whole test file, or for the suite this is called in: started (by
+ * `start`, a plain `startRedis()` unless told) before its first test and destroyed after its last.
+ */
+export function usePrivateRedis (start: () => Promise<RedisServer> = () => startRedis()): PrivateRedis {
   let server: RedisServer | undefined
   let admin: Redis | undefined
   before(async () => {
-    server = await startRedis()
+    server = await start()
     admin = server.client()
   })
   after(async () => {

@@ -18,30 +18,19 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
-import { probe, run } from './redis-cluster'
+import { createCluster, probe, run } from './redis-cluster'
 import { freePort, RedisServer, type RedisServerOptions, type TlsFiles } from './redis-server'
+import { until, type UntilOptions } from './wait'
 
 const START_TIMEOUT_MS = 30_000
 const SETTLE_TIMEOUT_MS = 60_000
 
-/** Polls `check` until it returns something other than undefined/false; throws `what` after the deadline. */
-export async function waitFor<T> (what: string, deadlineMs: number, check: () => Promise<T | undefined | false>,
-  pauseMs = 50): Promise<T> {
-  const deadline = Date.now() + deadlineMs
-  let lastError: unknown
-  for (;;) {
-    try {
-      const value = await check()
-      if (value !== undefined && value !== false) return value
-    } catch (err) {
-      lastError = err
-    }
-    if (Date.now() > deadline) {
-      const detail = lastError === undefined ? '' : ` (last error: ${(lastError as Error).message})`
-      throw new Error(`timed out after ${deadlineMs} ms waiting until ${what}${detail}`)
-    }
-    await sleep(pauseMs)
-  }
+/**
+ * How the helpers below wait on servers: a probe that fails (a server still starting, a refused
+ * connection) only means "not yet".
+ */
+function probing (deadlineMs: number, pauseMs = 50): UntilOptions {
+  return { deadlineMs, pauseMs, retryErrors: true }
 }
 
 /** `INFO <section>` as a map of its `field:value` lines. */
@@ -376,12 +365,12 @@ class RedisProcess {
   }
 
   async waitForPing (): Promise<void> {
-    const deadline = Date.now() + START_TIMEOUT_MS
-    while (Date.now() < deadline && this.running) {
-      if (await probe(this.port, (client) => client.ping()) === 'PONG') return
-      await sleep(50)
-    }
-    throw new Error(`redis-server on 127.0.0.1:${this.port} did not answer PING (is redis-server on PATH?)${this.spawnError === undefined ? '' : `: ${this.spawnError.message}`}\n${this.output.trim()}`)
+    await until(`redis-server on 127.0.0.1:${this.port} answers PING`, async () => {
+      if (!this.running) throw new Error('it is not running')
+      return await probe(this.port, (client) => client.ping()) === 'PONG'
+    }, { deadlineMs: START_TIMEOUT_MS, pauseMs: 50 }).catch((err: Error) => {
+      throw new Error(`${err.message} (is redis-server on PATH?)${this.spawnError === undefined ? '' : `: ${this.spawnError.message}`}\n${this.output.trim()}`)
+    })
   }
 
   async kill (): Promise<void> {
@@ -430,8 +419,8 @@ export async function waitReplicated (masterPort: number, replicaPort: number, d
   const master = await replicationOf(masterPort)
   const target = Number(master?.get('master_repl_offset'))
   if (!Number.isFinite(target)) throw new Error(`no replication offset from the master ${masterPort}`)
-  await waitFor(`the replica ${replicaPort} reached offset ${target} of ${masterPort}`, deadlineMs, async () =>
-    Number((await replicationOf(replicaPort))?.get('slave_repl_offset')) >= target)
+  await until(`the replica ${replicaPort} reached offset ${target} of ${masterPort}`, async () =>
+    Number((await replicationOf(replicaPort))?.get('slave_repl_offset')) >= target, probing(deadlineMs))
 }
 
 /**
@@ -455,7 +444,7 @@ export class SentinelTopology {
       this.servers.push(master)
       const replica = await new RedisServer(['--repl-diskless-sync-delay', '0', '--replicaof', '127.0.0.1', String(master.port)]).start()
       this.servers.push(replica)
-      await waitFor('the replica is synced with the master', START_TIMEOUT_MS, () => isSyncedReplicaOf(replica.port, master.port))
+      await until('the replica is synced with the master', () => isSyncedReplicaOf(replica.port, master.port), probing(START_TIMEOUT_MS))
       for (let i = 0; i < 3; i++) {
         const port = await freePort()
         const config = join(this.dir, `sentinel-${port}.conf`)
@@ -476,7 +465,7 @@ export class SentinelTopology {
       await Promise.all(this.sentinels.map((sentinel) => sentinel.waitForPing()))
       // Each Sentinel knows the replica and the two other Sentinels: a failover can elect and
       // its new configuration reaches every Sentinel.
-      await waitFor('every Sentinel knows the replica and the other Sentinels', START_TIMEOUT_MS, async () => {
+      await until('every Sentinel knows the replica and the other Sentinels', async () => {
         const views = await Promise.all(this.sentinels.map((sentinel) => probe(sentinel.port, (client) =>
           client.call('SENTINEL', 'MASTER', this.name) as Promise<string[]>)))
         return views.every((view) => {
@@ -486,7 +475,7 @@ export class SentinelTopology {
           return Number(fields.get('num-slaves')) >= 1 && Number(fields.get('num-other-sentinels')) === 2 &&
             fields.get('flags') === 'master'
         })
-      })
+      }, probing(START_TIMEOUT_MS))
       return this
     } catch (err) {
       const logs = this.sentinels.map((sentinel) => `--- sentinel ${sentinel.port}:\n${sentinel.output.trim()}`).join('\n')
@@ -543,15 +532,15 @@ export class SentinelTopology {
   async failover (): Promise<FailoverResult> {
     const from = await this.masterPort()
     const sentinel = this.sentinels[0]!
-    await waitFor('a Sentinel accepts SENTINEL FAILOVER', 20_000, async () =>
-      await probe(sentinel.port, (client) => client.call('SENTINEL', 'FAILOVER', this.name)) === 'OK', 200)
+    await until('a Sentinel accepts SENTINEL FAILOVER', async () =>
+      await probe(sentinel.port, (client) => client.call('SENTINEL', 'FAILOVER', this.name)) === 'OK', probing(20_000, 200))
     const startedAt = Date.now()
-    const to = await waitFor('every Sentinel reports the new master', SETTLE_TIMEOUT_MS, async () => {
+    const to = await until('every Sentinel reports the new master', async () => {
       const port = await this.masterPort().catch(() => from)
       return port !== from ? port : undefined
-    }, 100)
-    await waitFor(`the old master (${from}) is a connected, synced replica of the new one (${to})`, SETTLE_TIMEOUT_MS,
-      () => isSyncedReplicaOf(from, to), 100)
+    }, probing(SETTLE_TIMEOUT_MS, 100))
+    await until(`the old master (${from}) is a connected, synced replica of the new one (${to})`,
+      () => isSyncedReplicaOf(from, to), probing(SETTLE_TIMEOUT_MS, 100))
     return { from, to, startedAt, settledAt: Date.now() }
   }
 
@@ -651,11 +640,7 @@ export class ReplicatedCluster {
         ]))
       }
       await Promise.all(this.nodes.map((node) => node.waitForPing()))
-      const created = await run('redis-cli', [
-        '--cluster', 'create', ...this.ports.map((port) => `127.0.0.1:${port}`),
-        '--cluster-replicas', '1', '--cluster-yes'
-      ], START_TIMEOUT_MS)
-      if (created.code !== 0) throw new Error(`redis-cli --cluster create exited with ${created.code}: ${created.output.trim()}`)
+      await createCluster(this.ports, 1, START_TIMEOUT_MS)
       await this.waitUntilSettled()
       return this
     } catch (err) {
@@ -684,7 +669,7 @@ export class ReplicatedCluster {
 
   /** Every node: cluster_state ok, the same three masters with one replica each, and every replica synced. */
   private async waitUntilSettled (): Promise<void> {
-    await waitFor('the cluster is ok on every node, with three synced replicas', SETTLE_TIMEOUT_MS, async () => {
+    await until('the cluster is ok on every node, with three synced replicas', async () => {
       const states = await Promise.all(this.ports.map((port) => probe(port, async (client) => String(await client.cluster('INFO')))))
       if (!states.every((state) => state?.includes('cluster_state:ok') === true)) return false
       const views = await Promise.all(this.ports.map((port) => this.view(port)))
@@ -697,7 +682,7 @@ export class ReplicatedCluster {
       if (shards.length !== 3) return false
       const synced = await Promise.all(shards.map((shard) => isSyncedReplicaOf(shard.replicaPort, shard.masterPort)))
       return synced.every(Boolean)
-    }, 100)
+    }, probing(SETTLE_TIMEOUT_MS, 100))
   }
 
   /** The slot of `key`, as Redis computes it. */
@@ -738,10 +723,10 @@ export class ReplicatedCluster {
     const master = this.nodeClient(masterPort)
     await master.call('ACL', 'SETUSER', REPLICATION_USER, 'off')
     await master.call('CLIENT', 'KILL', 'TYPE', 'replica')
-    await waitFor(`the replica ${replicaPort} lost its link to ${masterPort}`, 20_000, async () => {
+    await until(`the replica ${replicaPort} lost its link to ${masterPort}`, async () => {
       const [replica, primary] = await Promise.all([replicationOf(replicaPort), replicationOf(masterPort)])
       return replica?.get('master_link_status') === 'down' && primary?.get('connected_slaves') === '0'
-    })
+    }, probing(20_000))
     // The replica retries every second and must keep failing to authenticate.
     await sleep(1200)
     if ((await replicationOf(replicaPort))?.get('master_link_status') !== 'down') {
@@ -758,8 +743,8 @@ export class ReplicatedCluster {
     if (acknowledged !== 'OK') throw new Error(`the canary write was not acknowledged: ${acknowledged}`)
 
     const allowReplication = async (): Promise<void> => {
-      await waitFor(`replication user switched back on at ${masterPort}`, 20_000, async () =>
-        await probe(masterPort, (client) => client.call('ACL', 'SETUSER', REPLICATION_USER, 'on')) === 'OK')
+      await until(`replication user switched back on at ${masterPort}`, async () =>
+        await probe(masterPort, (client) => client.call('ACL', 'SETUSER', REPLICATION_USER, 'on')) === 'OK', probing(20_000))
     }
 
     return {
@@ -769,7 +754,7 @@ export class ReplicatedCluster {
         const replica = this.nodeClient(replicaPort)
         const reply = await replica.cluster('FAILOVER', 'TAKEOVER')
         if (reply !== 'OK') throw new Error(`CLUSTER FAILOVER TAKEOVER answered ${String(reply)}`)
-        await waitFor(`every node sees ${replicaPort} as the master of the shard, and ${masterPort} as its replica`, SETTLE_TIMEOUT_MS, async () => {
+        await until(`every node sees ${replicaPort} as the master of the shard, and ${masterPort} as its replica`, async () => {
           const views = await Promise.all(this.ports.map((port) => this.view(port)))
           return views.every((view) => {
             const promoted = view.find((node) => node.port === replicaPort)
@@ -777,7 +762,7 @@ export class ReplicatedCluster {
             return promoted?.role === 'master' && promoted.slots.length > 0 &&
               demoted?.role === 'replica' && demoted.masterId === promoted.id
           })
-        }, 100)
+        }, probing(SETTLE_TIMEOUT_MS, 100))
         await allowReplication()
         await this.waitUntilSettled()
         const onNewMaster = await replica.get(canary)
