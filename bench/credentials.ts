@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
 import fastifyAuthCache, { encryptedSerializer, type BackendName } from '../lib'
-import { startRedis } from '../test/helpers/redis-server'
+import { benchCommand } from './cli'
 
 /**
  * `credentialStore.load()` per second on one thread, on each backend, for a small OAuth token
@@ -67,26 +67,10 @@ export async function measureCredentialLoads (redisUrl: string): Promise<Credent
   return figures
 }
 
-async function main (): Promise<void> {
-  const json = process.argv[2] === '--json'
-  const server = json ? undefined : await startRedis()
-  try {
-    const figures = await measureCredentialLoads(json ? process.argv[3] : server!.url)
-    if (json) {
-      process.stdout.write(JSON.stringify(figures) + '\n')
-      return
-    }
+if (require.main === module) {
+  benchCommand(measureCredentialLoads, (figures) => {
     for (const { label, loadsPerSecond } of figures) {
       console.log(`${label.padEnd(48)} ${Math.round(loadsPerSecond).toLocaleString('en-US').padStart(12)} loads/s`)
     }
-  } finally {
-    await server?.destroy()
-  }
-}
-
-if (require.main === module) {
-  main().catch((err) => {
-    console.error(err)
-    process.exit(1)
   })
 }

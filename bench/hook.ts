@@ -4,7 +4,7 @@ import Redis from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { BackendName } from '../lib'
-import { startRedis } from '../test/helpers/redis-server'
+import { benchCommand } from './cli'
 import { benchKeys } from './keys'
 import { median } from './percentiles'
 
@@ -121,26 +121,10 @@ export async function measureHook (redisUrl: string): Promise<HookFigure[]> {
   return figures
 }
 
-async function main (): Promise<void> {
-  const json = process.argv[2] === '--json'
-  const server = json ? undefined : await startRedis()
-  try {
-    const figures = await measureHook(json ? process.argv[3] : server!.url)
-    if (json) {
-      process.stdout.write(JSON.stringify(figures) + '\n')
-      return
-    }
+if (require.main === module) {
+  benchCommand(measureHook, (figures) => {
     console.log(`hook cost per request, median of paired differences over ${ROUNDS} rounds of ${BATCH} inject() each`)
     console.log('| app | µs over bare | µs over floor |\n|---|---:|---:|')
     for (const f of figures) console.log(`| ${f.label} | ${f.overBareUs.toFixed(2)} | ${f.overFloorUs.toFixed(2)} |`)
-  } finally {
-    await server?.destroy()
-  }
-}
-
-if (require.main === module) {
-  main().catch((err) => {
-    console.error(err)
-    process.exit(1)
   })
 }

@@ -8,7 +8,7 @@ import { createTieredStore } from '../lib/api-key-cache/tiered-store'
 import { ioredisAdapter } from '../lib/redis/ioredis-adapter'
 import { RedisGuard } from '../lib/redis/guard'
 import { createTelemetry } from '../lib/telemetry'
-import { startRedis } from '../test/helpers/redis-server'
+import { benchCommand } from './cli'
 import { benchKeys } from './keys'
 import { median } from './percentiles'
 
@@ -126,26 +126,10 @@ export async function measureHotPath (redisUrl: string, largeTable: number): Pro
   return figures
 }
 
-async function main (): Promise<void> {
-  const json = process.argv[2] === '--json'
-  const largeTable = Number(process.env.BENCH_LARGE_TABLE ?? 100_000)
-  if (json) {
-    process.stdout.write(JSON.stringify(await measureHotPath(process.argv[3], largeTable)) + '\n')
-    return
-  }
-  const redis = await startRedis()
-  try {
-    for (const { label, opsPerSecond } of await measureHotPath(redis.url, largeTable)) {
+if (require.main === module) {
+  benchCommand((redisUrl) => measureHotPath(redisUrl, Number(process.env.BENCH_LARGE_TABLE ?? 100_000)), (figures) => {
+    for (const { label, opsPerSecond } of figures) {
       console.log(`${label.padEnd(48)} ${Math.round(opsPerSecond).toLocaleString('en-US').padStart(12)} ops/s`)
     }
-  } finally {
-    await redis.destroy()
-  }
-}
-
-if (require.main === module) {
-  main().catch((err) => {
-    console.error(err)
-    process.exit(1)
   })
 }

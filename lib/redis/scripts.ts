@@ -75,6 +75,12 @@ return { false, 0, claimed and 1 or 0, stale }
 `
 }
 
+/** Lua: returns 0 unless KEYS[1] still holds the claim that ARGV[1] starts (`claimOf(token)`); leaves it in `current`. */
+const HELD_BY_CLAIM = `
+local ok, current = pcall(redis.call, 'GET', KEYS[1])
+if not ok or not current or string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+`
+
 /** The start of every claim made with `token`. */
 export function claimOf (token: string): string {
   return `${CLAIM_MARK}${token}|`
@@ -88,9 +94,7 @@ export function claimOf (token: string): string {
 export const FILL_RECORD: RedisScript = {
   name: 'fill',
   keys: 1,
-  lua: `
-local ok, current = pcall(redis.call, 'GET', KEYS[1])
-if not ok or not current or string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+  lua: HELD_BY_CLAIM + `
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 `
@@ -103,9 +107,7 @@ return 1
 export const RELEASE_CLAIM: RedisScript = {
   name: 'releaseClaim',
   keys: 1,
-  lua: `
-local ok, current = pcall(redis.call, 'GET', KEYS[1])
-if not ok or not current or string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+  lua: HELD_BY_CLAIM + `
 local first = string.find(current, '|', string.len(ARGV[1]) + 1, true)
 if first and first < string.len(current) then return 0 end
 return redis.call('DEL', KEYS[1])
