@@ -14,3 +14,7 @@ export const OFF_PATH_TIMEOUT_MS = 5_000
 export function wholeMs (ms: number): number {
   return Math.max(1, Math.floor(ms))
 }
+
+/** `credentialStore.update` and `getFresh`: how long a holder keeps the lock if it dies, and how long a caller waits for it. */
+export const UPDATE_LOCK_TTL_MS = 10_000
+export const UPDATE_WAIT_MS = 5_000

@@ -8,7 +8,7 @@ import type { CredentialByteStore } from './byte-store'
 import type { CredentialMemory } from './credential-memory'
 import { getFresh, type GetFreshOptions } from './get-fresh'
 import type { KeyedMutex } from './keyed-mutex'
-import { wholeMs } from '../limits'
+import { UPDATE_LOCK_TTL_MS, UPDATE_WAIT_MS, wholeMs } from '../limits'
 import type { BackendName } from '../types'
 import type { CredentialSerializer, SerializerContext } from './serializer'
 
@@ -150,9 +150,18 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
    * be had within `waitMs`, or when this holder's lock expired before the save.
    */
   async update (fn: (current: T | undefined) => T | Promise<T>, options: UpdateOptions = {}): Promise<T> {
-    const lockTtlMs = options.lockTtlMs ?? 10_000
-    const waitMs = options.waitMs ?? 5_000
     if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'must be a function')
+    return (await this.#locked(fn, undefined, options)).value as T
+  }
+
+  /**
+   * The update protocol: under the key's lock, `fn` runs on the stored value and its result is
+   * saved, unless `keep` says the stored value stands as it is (then nothing is written).
+   */
+  async #locked (fn: (current: T | undefined) => T | Promise<T>, keep: ((current: T | undefined) => boolean) | undefined,
+    options: UpdateOptions): Promise<{ value: T | undefined, saved: boolean }> {
+    const lockTtlMs = options.lockTtlMs ?? UPDATE_LOCK_TTL_MS
+    const waitMs = options.waitMs ?? UPDATE_WAIT_MS
     if (!(lockTtlMs > 0) || !Number.isFinite(lockTtlMs)) throw new InvalidOptionError('lockTtlMs', 'must be a positive number')
     if (!(waitMs >= 0) || !Number.isFinite(waitMs)) throw new InvalidOptionError('waitMs', 'must be zero or more')
 
@@ -175,13 +184,15 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
       let saved = false
       try {
         // The latest saved value, from Redis: process memory may not have heard of a change yet.
-        const next = await fn(await this.#loadStored())
+        const current = await this.#loadStored()
+        if (keep?.(current) === true) return { value: current, saved: false }
+        const next = await fn(current)
         const encoded = await this.#encode(next)
         if (!(await this.#written(encoded, () => bytes.saveAndUnlock(key, token, encoded, this.#ttlMs)))) {
           throw new CredentialsLockLostError(key)
         }
         saved = true
-        return next
+        return { value: next, saved }
       } finally {
         if (!saved) await bytes.unlock(key, token).catch(() => {})
       }
@@ -195,7 +206,7 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
       key: this.#ctx.key,
       owner: this.#settings.bytes,
       load: () => this.load(),
-      update: (fn, updateOptions) => this.update(fn, updateOptions)
+      update: (keep, fn, updateOptions) => this.#locked(fn, keep, updateOptions)
     }, options)
   }
 

@@ -1,4 +1,5 @@
 import { CredentialsRefreshFailedError, InvalidOptionError } from '../errors'
+import { UPDATE_LOCK_TTL_MS, UPDATE_WAIT_MS } from '../limits'
 
 export interface GetFreshOptions<T> {
   /** Whether `value` is still good at the epoch millisecond `atMs`. Never called with `undefined`: absent is stale. */
@@ -27,11 +28,13 @@ export interface FreshSource<T> {
   /** One object per backend instance (shared by every scope of one app): single flight is per owner and key. */
   readonly owner: object
   load (): Promise<T | undefined>
-  update (fn: (current: T | undefined) => T | Promise<T>, options: { lockTtlMs: number, waitMs: number }): Promise<T>
+  /**
+   * Under the update lock: unless `keep(current)`, saves `fn(current)`. Resolves with the value
+   * now stored and whether this call saved it.
+   */
+  update (keep: (current: T | undefined) => boolean, fn: (current: T | undefined) => T | Promise<T>,
+    options: { lockTtlMs: number, waitMs: number }): Promise<{ value: T | undefined, saved: boolean }>
 }
-
-const DEFAULT_LOCK_TTL_MS = 10_000
-const DEFAULT_WAIT_MS = 5_000
 
 interface Flights {
   /** Refreshes that callers are waiting for, by key; callers that need a fresh value join them. */
@@ -49,14 +52,6 @@ function flightsOf (owner: object): Flights {
     flightsByOwner.set(owner, flights)
   }
   return flights
-}
-
-/**
- * Thrown out of `update`'s fn when the value re-read under the lock needs no refresh: `update`
- * then writes nothing and frees the lock, and the value is handed back through the throw.
- */
-class KeepStored<T> {
-  constructor (readonly value: T | undefined) {}
 }
 
 function refreshFailed (key: string, cause: unknown): Error {
@@ -112,16 +107,11 @@ interface Settings<T> {
 async function refreshUnderLock<T> (
   source: FreshSource<T>, settings: Settings<T>, needsRefresh: (current: T | undefined) => boolean, background: boolean
 ): Promise<{ value: T | undefined, refreshed: boolean }> {
-  try {
-    const value = await source.update((current) => {
-      if (!needsRefresh(current)) throw new KeepStored(current)
-      return runRefresh(source.key, settings.refresh, current, settings.lockTtlMs, !background)
-    }, { lockTtlMs: settings.lockTtlMs, waitMs: background ? 0 : settings.waitMs })
-    return { value, refreshed: true }
-  } catch (err) {
-    if (err instanceof KeepStored) return { value: err.value as T | undefined, refreshed: false }
-    throw err
-  }
+  const { value, saved } = await source.update(
+    (current) => !needsRefresh(current),
+    (current) => runRefresh(source.key, settings.refresh, current, settings.lockTtlMs, !background),
+    { lockTtlMs: settings.lockTtlMs, waitMs: background ? 0 : settings.waitMs })
+  return { value, refreshed: saved }
 }
 
 /** A value that is fresh now: the stored one re-read under the lock, or a new one from `refresh`. */
@@ -171,8 +161,8 @@ function resolveSettings<T> (options: GetFreshOptions<T>): Settings<T> {
   if (typeof isFresh !== 'function') throw new InvalidOptionError('isFresh', 'must be a function')
   if (typeof refresh !== 'function') throw new InvalidOptionError('refresh', 'must be a function')
   const refreshAheadMs = options.refreshAheadMs ?? 0
-  const lockTtlMs = options.lockTtlMs ?? DEFAULT_LOCK_TTL_MS
-  const waitMs = options.waitMs ?? DEFAULT_WAIT_MS
+  const lockTtlMs = options.lockTtlMs ?? UPDATE_LOCK_TTL_MS
+  const waitMs = options.waitMs ?? UPDATE_WAIT_MS
   const finite = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n)
   if (!finite(refreshAheadMs) || refreshAheadMs < 0) throw new InvalidOptionError('refreshAheadMs', 'must be zero or more')
   if (!finite(lockTtlMs) || lockTtlMs <= 0) throw new InvalidOptionError('lockTtlMs', 'must be a positive number')
