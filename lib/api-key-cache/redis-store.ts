@@ -57,6 +57,8 @@ export interface RedisStoreOptions {
   staleMs: number
   /** Whether request-path reads should return the TTL (refresh-ahead). */
   readsTtl: boolean
+  /** Called once revocations were made again after a reconnection (tiered: memory filled meanwhile goes). */
+  replayed?: () => void
   announcer?: Announcer
 }
 
@@ -103,7 +105,11 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.#revocations = new RevocationLog(options.revocationRetainMs, options.max)
     this.#staleMs = options.staleMs
     this.#readsTtl = options.readsTtl
-    this.#stopReplaying = this.#redis.onReconnect(() => { this.replay().catch(() => {}) })
+    // The one trigger, on every backend: the client is back after a loss (a failover, a restart
+    // from an old snapshot), when Redis may have lost revocations made before.
+    this.#stopReplaying = this.#redis.onReconnect(() => {
+      this.#replay().catch(() => {}).then(() => options.replayed?.(), () => {})
+    })
   }
 
   onInvalidate (listener: (keyHash: string | undefined) => void): void {
@@ -235,7 +241,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   }
 
   /** Makes this process's recent revocations again, on a Redis that may have lost them. */
-  async replay (): Promise<void> {
+  async #replay (): Promise<void> {
     const pending = this.#revocations.pending()
     if (pending.length === 0) return
     this.#log.info({ revocations: pending.length }, 'fastify-auth-cache: Redis connection is back; making recent revocations again')

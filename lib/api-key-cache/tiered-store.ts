@@ -51,14 +51,14 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
     trustChanged (trusted) {
       flush()
       options.telemetry.invalidated(trusted ? 'trust-regained' : 'trust-lost')
-      // Back after a loss: Redis may have lost this process's revocations (a failover, a
-      // restart from an old snapshot). Memory filled meanwhile is flushed once they are redone.
-      if (trusted) l2.replay().then(flush, flush)
     }
   })
   const l2 = new RedisApiKeyStore({
     ...options,
     readsTtl: true,
+    // This process does not hear its own replayed announcements: memory filled from Redis before
+    // the replay (perhaps with what a failover brought back) goes once it is done.
+    replayed: flush,
     announcer: {
       channel: bus.channel,
       deleted: (keyHash) => bus.message('delete', keyHash),
