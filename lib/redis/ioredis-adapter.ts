@@ -148,7 +148,12 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
       return [results[0][1], Number(results[1][1])]
     },
 
-    hasReplica: cluster ? withPrefix(replicaCheck(async () => String(await client.cluster('NODES')))) : async () => false,
+    // A Cluster says per slot which masters have replicas. A Sentinel-managed master has one by
+    // design: during a failover the old master acknowledges writes it will lose, so a
+    // revocation waits for a replica there too. A plain connection cannot tell, and waits for none.
+    hasReplica: cluster
+      ? withPrefix(replicaCheck(async () => String(await client.cluster('NODES'))))
+      : async () => client.options?.sentinels !== undefined && client.options.sentinels !== null,
 
     getBuffer: (key) => client.getBuffer(key),
     async getBufferWithTtl (key) {
