@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache'
 import { FILL_WINDOW_MS } from '../limits'
+import { catchUp, tickingClock } from '../ticking-clock'
 import type { ApiKeyRecord } from '../types'
 import { UNKNOWN_KEY, type CachedAnswer, type UnknownKey } from './store'
 
@@ -9,8 +10,9 @@ export interface LocalTicket { flushes: number, removals: number, takenAt: numbe
 /**
  * Answers in process memory, synchronous: the memory backend and the tiered backend's first
  * tier. Records and unknown keys live in two LRUs so that a flood of random keys from an
- * attacker can only evict other unknown keys, never the records of real clients. lru-cache
- * measures TTLs with `performance.now()`, so a clock change neither revives nor expires entries.
+ * attacker can only evict other unknown keys, never the records of real clients. TTLs are
+ * measured on the ticking clock (monotonic, TICK_MS steps), so a change of the wall clock
+ * neither revives nor expires entries.
  *
  * It also guards fills: a fill is refused when a flush happened since its ticket was taken, or a
  * removal of its own key did. Removals are remembered per key for FILL_WINDOW_MS, and a ticket
@@ -28,12 +30,12 @@ export class LocalAnswers {
 
   constructor (max: number, staleMs = 0) {
     // Every write passes its own TTL; the defaults only switch lru-cache's TTL tracking on.
-    // ttlResolution 0 reads the clock on each get; the default caches it for 1 ms behind a timer,
-    // and under load those timers cost more than the clock reads they save.
-    this.#records = new LRUCache({ max, ttl: 60_000, ttlResolution: 0 })
-    this.#unknown = new LRUCache({ max, ttl: 5_000, ttlResolution: 0 })
+    // TTLs run on the ticking clock, read on each get (ttlResolution 0) at no cost.
+    const ttl = { ttlResolution: 0, perf: tickingClock() }
+    this.#records = new LRUCache({ max, ttl: 60_000, ...ttl })
+    this.#unknown = new LRUCache({ max, ttl: 5_000, ...ttl })
     this.#staleMs = staleMs
-    this.#stale = staleMs > 0 ? new LRUCache({ max, ttl: 60_000, ttlResolution: 0 }) : undefined
+    this.#stale = staleMs > 0 ? new LRUCache({ max, ttl: 60_000, ...ttl }) : undefined
   }
 
   get size (): number {
@@ -56,6 +58,7 @@ export class LocalAnswers {
 
   write (keyHash: string, answer: CachedAnswer, ttlMs: number): void {
     if (!(ttlMs > 0)) return
+    catchUp()
     if (answer === UNKNOWN_KEY) {
       this.#records.delete(keyHash)
       this.#unknown.set(keyHash, UNKNOWN_KEY, { ttl: ttlMs })

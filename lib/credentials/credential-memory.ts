@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache'
 import type { InvalidationBus } from '../api-key-cache/invalidation-bus'
+import { catchUp, tickingClock } from '../ticking-clock'
 
 // Credential keys in use are few (one per provider or tenant); this only bounds a runaway scope().
 const MAX_KEYS = 10_000
@@ -15,7 +16,8 @@ export interface MemoTicket { flushes: number, version: number }
  */
 export class CredentialMemory {
   readonly #bus: InvalidationBus
-  readonly #values = new LRUCache<string, { value: unknown }>({ max: MAX_KEYS, ttl: 60_000, ttlResolution: 0 })
+  // TTLs on the ticking clock, as in LocalAnswers.
+  readonly #values = new LRUCache<string, { value: unknown }>({ max: MAX_KEYS, ttl: 60_000, ttlResolution: 0, perf: tickingClock() })
   // Bumped per key on each invalidation, and for all keys on a flush, so tickets can tell.
   readonly #versions = new Map<string, number>()
   #flushes = 0
@@ -43,6 +45,7 @@ export class CredentialMemory {
   fill (key: string, value: unknown, ttlMs: number | undefined, ticket: MemoTicket): void {
     if (!this.#bus.trusted || ticket.flushes !== this.#flushes || ticket.version !== (this.#versions.get(key) ?? 0)) return
     if (ttlMs !== undefined && !(ttlMs > 0)) return
+    catchUp()
     this.#values.set(key, { value }, { ttl: ttlMs ?? 0 })
   }
 
