@@ -7,7 +7,7 @@ import { holdsScopes } from '../api-keys/scopes'
 import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError } from '../errors'
 import type { Telemetry } from '../telemetry'
 import type { UsageRecorder } from '../usage/usage-recorder'
-import { extractKey, MALFORMED, MISSING } from './extract-key'
+import { createKeyExtractor, MALFORMED, MISSING } from './extract-key'
 import type { RequiredScopes, RouteSettings, RouteSettingsReader } from './route-settings'
 
 export interface AuthenticatorOptions {
@@ -30,8 +30,13 @@ export interface Authenticator {
   verify (request: FastifyRequest, reply: FastifyReply): Promise<void>
 }
 
+function finishLater (pending: Promise<void>, done: (err?: Error) => void): void {
+  pending.then(() => done(), done)
+}
+
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
   const { resolver, counters, telemetry, header, formatPrefix, routes, usage } = options
+  const extractKey = createKeyExtractor(header)
   const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
   const missingChallenge = `${scheme} realm="${options.realm}"`
@@ -73,14 +78,21 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
   function authenticate (request: FastifyRequest, reply: FastifyReply, settings: RouteSettings): void | Promise<void> {
     // The clock is read only when someone watches the outcome.
     const startedAt = telemetry.watchingRequests ? performance.now() : 0
-    const key = extractKey(request, header)
+    const key = extractKey(request)
     if (key === MISSING) throw refuse(request, reply, 'missing', undefined, startedAt)
     if (key === MALFORMED) throw refuse(request, reply, 'malformed', undefined, startedAt)
     if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed', undefined, startedAt)
     const keyHash = hashApiKey(key)
-    const verdict = resolver.resolve(keyHash, request)
-    if (!(verdict instanceof Promise)) return accept(request, reply, keyHash, verdict, settings, 'hit', startedAt)
-    return verdict.then(
+    const verdict = resolver.cached(keyHash, request)
+    if (verdict !== undefined) return accept(request, reply, keyHash, verdict, settings, 'hit', startedAt)
+    return acceptLoaded(request, reply, keyHash, resolver.load(keyHash, request), settings, startedAt)
+  }
+
+  // The callbacks of a load live in functions of their own: a function holding closures over its
+  // arguments allocates a context for them on every call, so a hit would pay for them too.
+  function acceptLoaded (request: FastifyRequest, reply: FastifyReply, keyHash: string, loading: Promise<Resolved>,
+    settings: RouteSettings, startedAt: number): Promise<void> {
+    return loading.then(
       (resolved) => accept(request, reply, keyHash, resolved.verdict, settings, resolved.source, startedAt),
       (err: unknown) => {
         if (startedAt !== 0 && err instanceof ApiKeyLookupFailedError) telemetry.authenticated('lookup-failed', keyHash, startedAt)
@@ -97,7 +109,7 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
       return done(err as Error)
     }
     if (pending === undefined) done()
-    else pending.then(() => done(), done)
+    else finishLater(pending, done)
   }
 
   /**
