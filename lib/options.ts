@@ -38,7 +38,8 @@ export interface ApiKeysOptions {
   keyPrefix?: string
   /**
    * Entries held in process memory (memory backend, tiered L1), for records and for unknown
-   * keys each, so a flood of random keys can only evict other unknown keys.
+   * keys each, so a flood of random keys can only evict other unknown keys. When full, the
+   * entries least recently read go first (second-chance eviction, close to LRU).
    * @default 10000
    */
   max?: number

@@ -1,7 +1,6 @@
-import { LRUCache } from 'lru-cache'
 import { FILL_WINDOW_MS } from '../limits'
-import { catchUp, tickingClock } from '../ticking-clock'
 import type { ApiKeyRecord } from '../types'
+import { SecondChanceCache } from './second-chance-cache'
 import { UNKNOWN_KEY, type CachedAnswer, type UnknownKey } from './store'
 
 /** What process memory looked like when a miss began; a later fill is checked against it. */
@@ -9,7 +8,7 @@ export interface LocalTicket { flushes: number, removals: number, takenAt: numbe
 
 /**
  * Answers in process memory, synchronous: the memory backend and the tiered backend's first
- * tier. Records and unknown keys live in two LRUs so that a flood of random keys from an
+ * tier. Records and unknown keys live in two caches so that a flood of random keys from an
  * attacker can only evict other unknown keys, never the records of real clients. TTLs are
  * measured on the ticking clock (monotonic, TICK_MS steps), so a change of the wall clock
  * neither revives nor expires entries.
@@ -19,23 +18,20 @@ export interface LocalTicket { flushes: number, removals: number, takenAt: numbe
  * older than that is refused, so the memory this takes is bounded by the removal rate.
  */
 export class LocalAnswers {
-  readonly #records: LRUCache<string, ApiKeyRecord>
-  readonly #unknown: LRUCache<string, UnknownKey>
+  readonly #records: SecondChanceCache<ApiKeyRecord>
+  readonly #unknown: SecondChanceCache<UnknownKey>
   // Records past their fresh life, kept `staleMs` longer for when lookup fails; only with staleMs > 0.
-  readonly #stale: LRUCache<string, ApiKeyRecord> | undefined
+  readonly #stale: SecondChanceCache<ApiKeyRecord> | undefined
   readonly #staleMs: number
   #flushes = 0
   #removals = 0
   readonly #removedAt = new Map<string, { removal: number, at: number }>()
 
   constructor (max: number, staleMs = 0) {
-    // Every write passes its own TTL; the defaults only switch lru-cache's TTL tracking on.
-    // TTLs run on the ticking clock, read on each get (ttlResolution 0) at no cost.
-    const ttl = { ttlResolution: 0, perf: tickingClock() }
-    this.#records = new LRUCache({ max, ttl: 60_000, ...ttl })
-    this.#unknown = new LRUCache({ max, ttl: 5_000, ...ttl })
+    this.#records = new SecondChanceCache(max)
+    this.#unknown = new SecondChanceCache(max)
     this.#staleMs = staleMs
-    this.#stale = staleMs > 0 ? new LRUCache({ max, ttl: 60_000, ...ttl }) : undefined
+    this.#stale = staleMs > 0 ? new SecondChanceCache(max) : undefined
   }
 
   get size (): number {
@@ -48,7 +44,7 @@ export class LocalAnswers {
 
   /** Milliseconds left of a record's fresh life; 0 when there is none. */
   remainingMs (keyHash: string): number {
-    return this.#records.getRemainingTTL(keyHash)
+    return this.#records.remainingMs(keyHash)
   }
 
   /** A record whose fresh life ended less than `staleMs` ago (or that is still fresh). */
@@ -58,14 +54,13 @@ export class LocalAnswers {
 
   write (keyHash: string, answer: CachedAnswer, ttlMs: number): void {
     if (!(ttlMs > 0)) return
-    catchUp()
     if (answer === UNKNOWN_KEY) {
       this.#records.delete(keyHash)
-      this.#unknown.set(keyHash, UNKNOWN_KEY, { ttl: ttlMs })
+      this.#unknown.set(keyHash, UNKNOWN_KEY, ttlMs)
     } else {
       this.#unknown.delete(keyHash)
-      this.#records.set(keyHash, answer as ApiKeyRecord, { ttl: ttlMs })
-      this.#stale?.set(keyHash, answer as ApiKeyRecord, { ttl: ttlMs + this.#staleMs })
+      this.#records.set(keyHash, answer as ApiKeyRecord, ttlMs)
+      this.#stale?.set(keyHash, answer as ApiKeyRecord, ttlMs + this.#staleMs)
     }
   }
 
