@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import path from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
@@ -19,13 +20,14 @@ import { median } from './percentiles'
  * - the plugin on a backend, every key cached in process memory;
  * - the plugin on memory, with a route that requires scopes every key holds (a hit on a scoped
  *   route must cost no more than on an unscoped one).
+ * Each row is measured in a process of its own that holds only bare, floor and the row's app.
  * Each round runs a small batch of requests on every app, in a shuffled order; the figure is the
  * median over rounds of the paired difference per request, which cancels the drift of a busy
  * machine that separate runs would suffer from.
  *
- * A production process runs one app. Here several share a process, so each app gets its own
- * copy of the code it runs (the package, the floor), loaded afresh: V8 keeps its type feedback
- * per copy of a function, and code shared by apps whose requests have different shapes (each
+ * A production process runs one app. Here three share a process, so each app gets its own copy
+ * of the code it runs (the package, the floor), loaded afresh: V8 keeps its type feedback per
+ * copy of a function, and code shared by apps whose requests have different shapes (each
  * Fastify instance makes its own Request class) turns polymorphic and slower than it is in
  * production. Two apps sharing one floor closure measured 0.1-0.4 µs slower than the floor.
  *
@@ -90,47 +92,73 @@ async function batch (app: FastifyInstance, round: number): Promise<number> {
 
 export interface HookFigure { label: string, overBareUs: number, overFloorUs: number }
 
-export async function measureHook (redisUrl: string): Promise<HookFigure[]> {
-  const redis = new Redis(redisUrl)
-  const apps: Record<string, FastifyInstance> = {
-    bare: bareApp(),
-    floor: freshFloor(),
-    'floor, second copy': freshFloor(),
-    memory: await pluginApp('memory', undefined),
-    'memory, scoped route': await pluginApp('memory', undefined, true),
-    tiered: await pluginApp('tiered', redis)
+/** What one process measures beside its bare and floor apps. */
+const GROUPS = ['floor, second copy', 'memory', 'memory, scoped route', 'tiered'] as const
+type Group = typeof GROUPS[number]
+
+async function groupApp (group: Group, redis: Redis): Promise<FastifyInstance> {
+  switch (group) {
+    case 'floor, second copy': return freshFloor()
+    case 'memory': return await pluginApp('memory', undefined)
+    case 'memory, scoped route': return await pluginApp('memory', undefined, true)
+    case 'tiered': return await pluginApp('tiered', redis)
   }
+}
+
+/** One group in this process: the paired differences over bare of the floor and of the group's app. */
+async function measureGroup (group: Group, redisUrl: string): Promise<{ floor: number[], app: number[] }> {
+  const redis = new Redis(redisUrl)
+  const apps: Record<string, FastifyInstance> = { bare: bareApp(), floor: freshFloor(), [group]: await groupApp(group, redis) }
   for (const app of Object.values(apps)) await app.ready()
   // Warm every key into process memory (tiered serves from it once its channel is proven).
   for (let r = 0; r < 200; r++) for (const app of Object.values(apps)) await batch(app, r)
   await sleep(100)
 
   const names = Object.keys(apps)
-  const samples = new Map(names.map((name) => [name, [] as number[]]))
+  const floor: number[] = []
+  const measured: number[] = []
   for (let round = 0; round < ROUNDS; round++) {
     const order = [...names].sort(() => Math.random() - 0.5)
     const times = new Map<string, number>()
     for (const name of order) times.set(name, await batch(apps[name], round))
-    for (const name of names) samples.get(name)!.push(times.get(name)! - (name === 'bare' ? 0 : times.get('bare')!))
-  }
-  const floorOverBare = samples.get('floor')!
-  const figures: HookFigure[] = [{ label: 'floor: crypto.hash + one lru-cache get', overBareUs: median(floorOverBare), overFloorUs: 0 }]
-  for (const name of ['floor, second copy', 'memory', 'memory, scoped route', 'tiered']) {
-    const overBare = samples.get(name)!
-    figures.push({
-      label: name.startsWith('floor') ? `${name} (control: the method's noise)` : `fastify-auth-cache, ${name}`,
-      overBareUs: median(overBare),
-      overFloorUs: median(overBare.map((value, i) => value - floorOverBare[i]))
-    })
+    floor.push(times.get('floor')! - times.get('bare')!)
+    measured.push(times.get(group)! - times.get('bare')!)
   }
   for (const app of Object.values(apps)) await app.close()
   await redis.quit()
+  return { floor, app: measured }
+}
+
+/**
+ * Each group runs in a process of its own, beside its own bare and floor apps: a production
+ * process runs one app, and every further app in the process (its code, its requests) crowds
+ * the CPU caches that all of them share, which inflated every figure by 0.1-0.3 µs and the
+ * plugin's, whose hit touches more memory than the floor's, the most.
+ */
+export async function measureHook (redisUrl: string): Promise<HookFigure[]> {
+  const figures: HookFigure[] = []
+  for (const group of GROUPS) {
+    // tsx's loader is in execArgv: the child runs this file as the parent does.
+    const child = spawnSync(process.execPath, [...process.execArgv, __filename, '--group', group, redisUrl], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+    if (child.status !== 0) throw new Error(`bench:hook group "${group}" failed (exit ${child.status})`)
+    const { floor, app } = JSON.parse(child.stdout) as { floor: number[], app: number[] }
+    if (group === 'floor, second copy') figures.push({ label: 'floor: crypto.hash + one lru-cache get', overBareUs: median(floor), overFloorUs: 0 })
+    figures.push({
+      label: group.startsWith('floor') ? `${group} (control: the method's noise)` : `fastify-auth-cache, ${group}`,
+      overBareUs: median(app),
+      overFloorUs: median(app.map((value, i) => value - floor[i]))
+    })
+  }
   return figures
 }
 
-if (require.main === module) {
+if (require.main === module && process.argv[2] === '--group') {
+  measureGroup(process.argv[3] as Group, process.argv[4]).then(
+    (samples) => process.stdout.write(JSON.stringify(samples) + '\n'),
+    (err) => { console.error(err); process.exit(1) })
+} else if (require.main === module) {
   benchCommand(measureHook, (figures) => {
-    console.log(`hook cost per request, median of paired differences over ${ROUNDS} rounds of ${BATCH} inject() each`)
+    console.log(`hook cost per request, median of paired differences over ${ROUNDS} rounds of ${BATCH} inject() each, one process per row`)
     console.log('| app | µs over bare | µs over floor |\n|---|---:|---:|')
     for (const f of figures) console.log(`| ${f.label} | ${f.overBareUs.toFixed(2)} | ${f.overFloorUs.toFixed(2)} |`)
   })
