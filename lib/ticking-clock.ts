@@ -17,7 +17,7 @@ const clock: Clock = { now: () => now }
  * keeping the process alive.
  *
  * Why not read the real clock: every cache hit checks a TTL, and in `npm run bench:hook` a
- * `performance.now()` per hit (lru-cache's `ttlResolution: 0`) cost 0.2–0.5 µs per request
+ * `performance.now()` per hit (lru-cache's `ttlResolution: 0`) cost 0.1–0.5 µs per request
  * inside a server, as much as the rest of the hook; lru-cache's default (the clock cached for
  * 1 ms behind a new timer each time) cost more, as each busy millisecond then arms a timer.
  */
