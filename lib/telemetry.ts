@@ -8,9 +8,9 @@ import type { BackendName } from './types'
  * request path pays one `hasSubscribers` read.
  */
 
-export const authenticateChannel = diagnostics.channel('fastify-auth-cache:authenticate')
-export const invalidationChannel = diagnostics.channel('fastify-auth-cache:invalidation')
-export const lookupChannel = diagnostics.channel('fastify-auth-cache:lookup')
+const authenticateChannel = diagnostics.channel('fastify-auth-cache:authenticate')
+const invalidationChannel = diagnostics.channel('fastify-auth-cache:invalidation')
+const lookupChannel = diagnostics.channel('fastify-auth-cache:lookup')
 
 /** How a request's authentication ended; hit, miss and stale are accepted requests. */
 export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed'

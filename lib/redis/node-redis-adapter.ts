@@ -80,11 +80,11 @@ function looksLikeNodeRedis (value: unknown): value is Record<string, unknown> {
     typeof value.getMasterNode !== 'function'
 }
 
-export function isNodeRedisCluster (value: unknown): value is NodeRedisClusterLike {
+function isNodeRedisCluster (value: unknown): value is NodeRedisClusterLike {
   return looksLikeNodeRedis(value) && typeof value.nodeClient === 'function' && Array.isArray(value.masters)
 }
 
-export function isNodeRedisClient (value: unknown): value is NodeRedisClientLike {
+function isNodeRedisClient (value: unknown): value is NodeRedisClientLike {
   return looksLikeNodeRedis(value) && typeof value.nodeClient !== 'function' && !('masters' in value)
 }
 
@@ -297,7 +297,7 @@ function reconnections (source: EventSource, cluster: boolean, listener: () => v
     : { reconnecting: onLost, end: onLost, ready: onReady })
 }
 
-export function nodeRedisClientAdapter (client: NodeRedisClientLike): RedisAdapter {
+function nodeRedisClientAdapter (client: NodeRedisClientLike): RedisAdapter {
   const keyPrefix = prefixText(client.options?.keyPrefix)
   const send = (args: readonly Arg[], options: CommandOptions = PLAIN): Promise<unknown> => client.sendCommand(args, options)
   const stored = (key: string): string => keyPrefix + key
@@ -330,7 +330,7 @@ export function nodeRedisClientAdapter (client: NodeRedisClientLike): RedisAdapt
   }
 }
 
-export function nodeRedisClusterAdapter (cluster: NodeRedisClusterLike): RedisAdapter {
+function nodeRedisClusterAdapter (cluster: NodeRedisClusterLike): RedisAdapter {
   const keyPrefix = prefixText(cluster._options?.keyPrefix)
   const stored = (key: string): string => keyPrefix + key
   const send = (key: string | undefined, args: readonly Arg[], options: CommandOptions = PLAIN): Promise<unknown> =>
