@@ -100,37 +100,34 @@ async function quit (client: Client): Promise<void> {
   client.disconnect()
 }
 
-const ioredis: Library = {
-  label: 'ioredis Redis',
-  onCluster: false,
-  contracts: false,
-  create: async (settings) => silenced(new Redis({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3, ...settings })),
-  close: quit
+type Node = ReturnType<typeof clusterNodes>[number]
+type Emitting = Client & { on (event: string, listener: () => void): unknown }
+
+/**
+ * iovalkey is a fork of ioredis and takes the same options: for either, a client of the private
+ * redis-server and a Cluster client of the private Cluster, closed alike.
+ */
+function ioredisFamily (name: string, contracts: boolean, newClient: (options: Record<string, unknown>) => Emitting,
+  newCluster: (nodes: Node[], options: Record<string, unknown>) => Emitting): [Library, Library] {
+  return [{
+    label: `${name} Redis`,
+    onCluster: false,
+    contracts,
+    create: async (settings) => silenced(newClient({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3, ...settings })),
+    close: quit
+  }, {
+    label: `${name} Cluster`,
+    onCluster: true,
+    contracts,
+    create: async (settings) => silenced(newCluster(clusterNodes(), ioredisClusterSettings(settings))),
+    close: quit
+  }]
 }
 
-const ioredisCluster: Library = {
-  label: 'ioredis Cluster',
-  onCluster: true,
-  contracts: false,
-  create: async (settings) => silenced(new Cluster(clusterNodes(), ioredisClusterSettings(settings))),
-  close: quit
-}
-
-const iovalkey: Library = {
-  label: 'iovalkey Redis',
-  onCluster: false,
-  contracts: true,
-  create: async (settings) => silenced(new Valkey({ host: HOST, port: single.server.port, maxRetriesPerRequest: 3, ...settings })),
-  close: quit
-}
-
-const iovalkeyCluster: Library = {
-  label: 'iovalkey Cluster',
-  onCluster: true,
-  contracts: true,
-  create: async (settings) => silenced(new ValkeyCluster(clusterNodes(), ioredisClusterSettings(settings))),
-  close: quit
-}
+const [ioredis, ioredisCluster] = ioredisFamily('ioredis', false,
+  (options) => new Redis(options), (nodes, options) => new Cluster(nodes, options))
+const [iovalkey, iovalkeyCluster] = ioredisFamily('iovalkey', true,
+  (options) => new Valkey(options), (nodes, options) => new ValkeyCluster(nodes, options))
 
 async function closeNodeRedis (client: Client): Promise<void> {
   await atMost(client.close(), CLOSE_WAIT_MS)
@@ -248,11 +245,30 @@ async function cached (serving: LibraryApp, key: string): Promise<void> {
   })
 }
 
+/**
+ * A new key, cached in the serving app and then made inactive in its source only: until the
+ * serving app hears of a revocation (or loses its memory), it still lets the key through.
+ */
+async function cachedThenDeactivated (serving: LibraryApp, id: string): Promise<string> {
+  const key = newKey()
+  serving.source.answer(hashApiKey(key), record(id))
+  await cached(serving, key)
+  serving.source.answer(hashApiKey(key), record(id, { active: false }))
+  return key
+}
+
 /** Everything this file checks on one library. */
 function libraryTests (library: Library): void {
   describe(library.label, () => {
     const inspect = (): InspectRedis => inspectOf(library)
     const createClient = (): Promise<Client> => library.create()
+    /** Two tiered apps on `keyPrefix`, once the serving one answers from its process memory. */
+    const tieredPair = async (t: TestContext, keyPrefix: string): Promise<{ revoking: LibraryApp, serving: LibraryApp }> => {
+      const revoking = await libraryApp(t, library, 'tiered', keyPrefix)
+      const serving = await libraryApp(t, library, 'tiered', keyPrefix)
+      await until('the serving app uses its process memory', () => servesFromMemory(serving.app, inspect(), keyPrefix))
+      return { revoking, serving }
+    }
 
     if (library.contracts) {
       apiKeyCacheContract(`redis on ${library.label}`, { backend: 'redis', createClient, inspect })
@@ -262,9 +278,7 @@ function libraryTests (library: Library): void {
 
     test('a delete or clear in one tiered app is refused by another app on its own client within a bound', options, async (t) => {
       const keyPrefix = newPrefix('tiered-bus')
-      const revoking = await libraryApp(t, library, 'tiered', keyPrefix)
-      const serving = await libraryApp(t, library, 'tiered', keyPrefix)
-      await until('the serving app uses its process memory', () => servesFromMemory(serving.app, inspect(), keyPrefix))
+      const { revoking, serving } = await tieredPair(t, keyPrefix)
       const elapsed: number[] = []
 
       for (let round = 0; round < 10; round++) {
@@ -322,15 +336,10 @@ function libraryTests (library: Library): void {
     test('a killed subscriber connection flushes process memory, comes back and hears revocations again', options, async (t) => {
       const keyPrefix = newPrefix('resubscribe')
       const nodes = adminNodes(library)
-      const revoking = await libraryApp(t, library, 'tiered', keyPrefix)
-      const serving = await libraryApp(t, library, 'tiered', keyPrefix)
-      await until('the serving app uses its process memory', () => servesFromMemory(serving.app, inspect(), keyPrefix))
+      const { revoking, serving } = await tieredPair(t, keyPrefix)
 
       // A revocation whose message never arrives: only the loss of the connection can flush it.
-      const stale = newKey()
-      serving.source.answer(hashApiKey(stale), record('stale'))
-      await cached(serving, stale)
-      serving.source.answer(hashApiKey(stale), record('stale', { active: false }))
+      const stale = await cachedThenDeactivated(serving, 'stale')
       assert.equal(await inspect().del(keyPrefix + hashApiKey(stale)), 1)
       assert.equal((await call(serving.app, stale)).status, 200, 'the silently revoked key is still in process memory')
 
@@ -346,10 +355,7 @@ function libraryTests (library: Library): void {
       await until('the serving app uses its process memory again', () => servesFromMemory(serving.app, inspect(), keyPrefix))
       assert.equal((await call(serving.app, stale)).status, 401, 'the stale entry did not survive the lost connection')
 
-      const key = newKey()
-      serving.source.answer(hashApiKey(key), record('after'))
-      await cached(serving, key)
-      serving.source.answer(hashApiKey(key), record('after', { active: false }))
+      const key = await cachedThenDeactivated(serving, 'after')
       await revoking.app.apiKeyCache.delete(hashApiKey(key))
       await until('the serving app refuses the revoked key', async () => (await call(serving.app, key)).status === 401, REVOCATION_BOUND_MS)
     })
@@ -357,13 +363,8 @@ function libraryTests (library: Library): void {
     if (!library.onCluster) {
       test('after a Redis restart both apps come back to process memory, flushed, and hear revocations again', options, async (t) => {
         const keyPrefix = newPrefix('restart')
-        const revoking = await libraryApp(t, library, 'tiered', keyPrefix)
-        const serving = await libraryApp(t, library, 'tiered', keyPrefix)
-        await until('the serving app uses its process memory', () => servesFromMemory(serving.app, inspect(), keyPrefix))
-        const stale = newKey()
-        serving.source.answer(hashApiKey(stale), record('stale'))
-        await cached(serving, stale)
-        serving.source.answer(hashApiKey(stale), record('stale', { active: false }))
+        const { revoking, serving } = await tieredPair(t, keyPrefix)
+        const stale = await cachedThenDeactivated(serving, 'stale')
 
         // Down for a while (connections refused), then back empty on the same port.
         await single.server.stop()
@@ -374,10 +375,7 @@ function libraryTests (library: Library): void {
         t.diagnostic(`process memory in use again ${(performance.now() - restartedAt).toFixed(0)} ms after the restart`)
         assert.equal((await call(serving.app, stale)).status, 401, 'nothing cached before the outage survived it')
 
-        const key = newKey()
-        serving.source.answer(hashApiKey(key), record('after'))
-        await cached(serving, key)
-        serving.source.answer(hashApiKey(key), record('after', { active: false }))
+        const key = await cachedThenDeactivated(serving, 'after')
         await revoking.app.apiKeyCache.delete(hashApiKey(key))
         await msUntilRefused(serving.app, key, REVOCATION_BOUND_MS)
       })
@@ -638,10 +636,7 @@ describe('a password-protected ACL user granted only the plugin\'s keys and chan
       const serving = await libraryApp(t, library, 'tiered', 'acl-apikey:', login, 'acl-credentials:')
       // Only a subscriber that logged in and may hear the channel lets the app use its memory.
       await until(`${library.label}: the serving app uses its process memory`, () => servesFromMemory(serving.app, inspect, 'acl-apikey:'))
-      const key = newKey()
-      serving.source.answer(hashApiKey(key), record('acl'))
-      await cached(serving, key)
-      serving.source.answer(hashApiKey(key), record('acl', { active: false }))
+      const key = await cachedThenDeactivated(serving, 'acl')
       // A replica another test of this file added, then stopped, stays in the cluster's node table
       // until the cluster marks it failed: meanwhile revocations on its master reject as not
       // replicated, and a caller retries them, as the contract expects.
