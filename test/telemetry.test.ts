@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import diagnostics from 'node:diagnostics_channel'
 import { join } from 'node:path'
-import { describe, test } from 'node:test'
+import { describe, test, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 import { metrics } from '@opentelemetry/api'
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics'
@@ -27,7 +27,8 @@ function subscribe (name: string): { messages: any[], stop: () => void } {
 describe('diagnostics_channel', () => {
   test('fastify-auth-cache:authenticate reports every outcome, with the hash and never the key', async (t) => {
     const source = new KeySource()
-    const app = await buildApp(t, { backend: 'memory' }, { source, apiKeys: { lookupTimeoutMs: 200, staleIfErrorSeconds: 30, ttlSeconds: 0.2 } })
+    // A TTL long enough for the "miss then hit" pair to fall within it on a busy machine.
+    const app = await buildApp(t, { backend: 'memory' }, { source, apiKeys: { lookupTimeoutMs: 200, staleIfErrorSeconds: 30, ttlSeconds: 1 } })
     const [good, unknown, inactive, expired, failing, stale] = Array.from({ length: 6 }, newKey)
     source.answer(hashApiKey(good), record('good'))
     source.answer(hashApiKey(inactive), record('inactive', { active: false }))
@@ -123,16 +124,25 @@ describe('diagnostics_channel', () => {
   })
 })
 
+/**
+ * An in-memory meter provider as the global one for the test (its 60 s interval leaves exports to `forceFlush`),
+ * shut down and the global one removed after it.
+ */
+function useGlobalMeterProvider (t: TestContext): { exporter: InMemoryMetricExporter, reader: PeriodicExportingMetricReader } {
+  const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
+  const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000 })
+  const provider = new MeterProvider({ readers: [reader] })
+  metrics.setGlobalMeterProvider(provider)
+  t.after(async () => {
+    await provider.shutdown()
+    metrics.disable()
+  })
+  return { exporter, reader }
+}
+
 describe('OpenTelemetry metrics', () => {
   test('metrics: true records requests, lookup durations, invalidations and entries on the global meter provider', async (t) => {
-    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
-    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000 })
-    const provider = new MeterProvider({ readers: [reader] })
-    metrics.setGlobalMeterProvider(provider)
-    t.after(async () => {
-      await provider.shutdown()
-      metrics.disable()
-    })
+    const { exporter, reader } = useGlobalMeterProvider(t)
     const fixture = { backend: 'tiered' as const, createClient: () => redis.server.client({ maxRetriesPerRequest: 3 }), inspect: () => redis.admin }
     const keyPrefix = newPrefix('otel')
     const source = new KeySource()
@@ -174,14 +184,7 @@ describe('OpenTelemetry metrics', () => {
   })
 
   test('without metrics: true nothing is recorded', async (t) => {
-    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
-    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000 })
-    const provider = new MeterProvider({ readers: [reader] })
-    metrics.setGlobalMeterProvider(provider)
-    t.after(async () => {
-      await provider.shutdown()
-      metrics.disable()
-    })
+    const { exporter, reader } = useGlobalMeterProvider(t)
     const source = new KeySource()
     const app = await buildApp(t, { backend: 'memory' }, { source })
     await call(app, newKey())
