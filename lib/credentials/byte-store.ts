@@ -9,7 +9,7 @@ export interface CredentialByteStore {
   getWithTtl (key: string): Promise<{ bytes: Buffer | undefined, ttlMs: number | undefined }>
   set (key: string, bytes: Buffer, ttlMs: number | undefined): Promise<void>
   delete (key: string): Promise<void>
-  /** Takes the lock of `key` for `ttlMs` unless someone holds it; resolves true when taken. */
+  /** Takes the lock of `key` for `ttlMs` unless another token holds it; resolves true when `token` holds it. */
   tryLock (key: string, token: string, ttlMs: number): Promise<boolean>
   /** Writes and releases in one step, only while `token` still holds the lock; false when it was lost. */
   saveAndUnlock (key: string, token: string, bytes: Buffer, ttlMs: number | undefined): Promise<boolean>

@@ -174,12 +174,19 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
       const token = randomBytes(16).toString('hex')
       const lockMs = wholeMs(lockTtlMs)
       let delay = RETRY_MIN_MS
-      while (!(await bytes.tryLock(key, token, lockMs))) {
-        const left = deadline - performance.now()
-        if (left <= 0) throw timeout()
-        // Jitter keeps waiters in several processes from retrying in lockstep.
-        await sleep(Math.min(left, delay * (0.5 + Math.random())))
-        delay = Math.min(RETRY_MAX_MS, delay * 2)
+      try {
+        while (!(await bytes.tryLock(key, token, lockMs))) {
+          const left = deadline - performance.now()
+          if (left <= 0) throw timeout()
+          // Jitter keeps waiters in several processes from retrying in lockstep.
+          await sleep(Math.min(left, delay * (0.5 + Math.random())))
+          delay = Math.min(RETRY_MAX_MS, delay * 2)
+        }
+      } catch (err) {
+        // A try whose reply was lost (or came too late) may have taken the lock after all: giving
+        // up releases it, so that other processes wait no longer than this caller did.
+        bytes.unlock(key, token).catch(() => {})
+        throw err
       }
       let saved = false
       try {

@@ -43,7 +43,8 @@ export class MemoryCredentialByteStore implements CredentialByteStore {
 
   tryLock (key: string, token: string, ttlMs: number): Promise<boolean> {
     const lock = this.locks.get(key)
-    if (lock !== undefined && lock.expiresAt > performance.now()) return Promise.resolve(false)
+    // The same token holds it already: as in Redis, a repeated try is told so.
+    if (lock !== undefined && lock.expiresAt > performance.now() && lock.token !== token) return Promise.resolve(false)
     this.locks.set(key, { token, expiresAt: performance.now() + ttlMs })
     return Promise.resolve(true)
   }

@@ -1,19 +1,21 @@
 import { CredentialsDeserializeError } from '../errors'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { DELETE_RECORD, RELEASE_LOCK, SAVE_AND_ANNOUNCE, SAVE_AND_RELEASE, slotSibling } from '../redis/scripts'
+import { ACQUIRE_LOCK, DELETE_RECORD, RELEASE_LOCK, SAVE_AND_ANNOUNCE, SAVE_AND_RELEASE, SAVE_RECEIPT_MS, slotSibling } from '../redis/scripts'
 import type { CredentialByteStore } from './byte-store'
 
-/**
- * `${keyPrefix}${key}` holds the bytes; its lock is `${keyPrefix}{<stored key>}:lock`, under the
- * same prefix (so an ACL granting the prefix covers it) and in the same hash slot.
- */
 /** Tells the other processes of a tiered backend that a credential changed, from the script that changes it. */
 export interface CredentialAnnouncer {
   channel: string
-  changed (key: string): string
+  /** The message's text before its revision and after it (a credential's revision is always 0). */
+  changed (key: string): [string, string]
 }
 
+/**
+ * `${keyPrefix}${key}` holds the bytes; its lock is `${keyPrefix}{<stored key>}:lock` and the
+ * receipt of its last locked save `${keyPrefix}{<stored key>}:saved`, under the same prefix (so
+ * an ACL granting the prefix covers them) and in the same hash slot.
+ */
 export class RedisCredentialByteStore implements CredentialByteStore {
   readonly backend = 'redis' as const
   readonly #redis: RedisAdapter
@@ -29,12 +31,18 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   #announcement (key: string): [string, string] {
-    return this.#announcer === undefined ? ['', ''] : [this.#announcer.channel, this.#announcer.changed(key)]
+    if (this.#announcer === undefined) return ['', '']
+    const [head, tail] = this.#announcer.changed(key)
+    return [this.#announcer.channel, `${head}0${tail}`]
   }
 
   #lockKey (key: string): string {
     // The client prepends its own keyPrefix to both keys, so the hash tag holds it too.
     return slotSibling(this.#keyPrefix, this.#redis.keyPrefix + key, ':lock')
+  }
+
+  #receiptKey (key: string): string {
+    return slotSibling(this.#keyPrefix, this.#redis.keyPrefix + key, ':saved')
   }
 
   get (key: string): Promise<Buffer | undefined> {
@@ -72,20 +80,22 @@ export class RedisCredentialByteStore implements CredentialByteStore {
   }
 
   async delete (key: string): Promise<void> {
-    if (this.#announcer === undefined) {
+    const announcer = this.#announcer
+    if (announcer === undefined) {
       await this.#guard.offPath(() => this.#redis.del(key))
       return
     }
-    await this.#guard.offPath(() => this.#redis.run(DELETE_RECORD, [key], this.#announcement(key)))
+    const [head, tail] = announcer.changed(key)
+    await this.#guard.offPath(() => this.#redis.run(DELETE_RECORD, [key], [announcer.channel, head, tail]))
   }
 
   tryLock (key: string, token: string, ttlMs: number): Promise<boolean> {
-    return this.#guard.offPath(() => this.#redis.setIfAbsent(this.#lockKey(key), token, ttlMs))
+    return this.#guard.offPath(async () => await this.#redis.run(ACQUIRE_LOCK, [this.#lockKey(key)], [token, ttlMs]) === 1)
   }
 
   async saveAndUnlock (key: string, token: string, bytes: Buffer, ttlMs: number | undefined): Promise<boolean> {
-    const reply = await this.#guard.offPath(() => this.#redis.run(SAVE_AND_RELEASE, [key, this.#lockKey(key)],
-      [token, bytes, ttlMs ?? 0, ...this.#announcement(key)]))
+    const reply = await this.#guard.offPath(() => this.#redis.run(SAVE_AND_RELEASE, [key, this.#lockKey(key), this.#receiptKey(key)],
+      [token, bytes, ttlMs ?? 0, ...this.#announcement(key), SAVE_RECEIPT_MS]))
     return reply === 1
   }
 

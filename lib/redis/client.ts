@@ -37,6 +37,8 @@ export interface RedisSubscriber {
 export interface RedisAdapter {
   /** The prefix the client itself puts in front of every key (ioredis `keyPrefix`); '' for none. */
   readonly keyPrefix: string
+  /** Whether keys live on several masters (Redis Cluster): a script may then name keys of one slot only. */
+  readonly cluster: boolean
   run (script: RedisScript, keys: string[], args: RedisArg[]): Promise<unknown>
   /**
    * Runs `script`, then waits (WAIT) on the same connection for `replicas` replicas of the node
@@ -53,9 +55,12 @@ export interface RedisAdapter {
   /** The bytes and their TTL in ms (negative: none, or absent), read together. */
   getBufferWithTtl (key: string): Promise<[Buffer | null, number]>
   set (key: string, value: string | Buffer, ttlMs?: number): Promise<void>
-  /** SET NX PX; resolves true when set. */
-  setIfAbsent (key: string, value: string, ttlMs: number): Promise<boolean>
   del (key: string): Promise<number>
+  /**
+   * The integer a counter holds, 0 when absent or not a number. Sent as GETRANGE, which the
+   * request path never sends, so that INFO commandstats tells these periodic reads from requests.
+   */
+  readCounter (key: string): Promise<number>
   publish (channel: string, message: string): Promise<void>
   masters (): RedisScanNode[]
   subscriber (name: string, events: RedisSubscriberEvents): RedisSubscriber

@@ -126,6 +126,7 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
   const withPrefix = (check: (storedKey: string) => Promise<boolean>) => (key: string) => check(prefixOf(client) + key)
   return {
     keyPrefix: prefixOf(client),
+    cluster,
 
     run (script: RedisScript, keys: string[], args: RedisArg[]) {
       return client[define(client, script)](...keys, ...args)
@@ -165,10 +166,8 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
     async set (key, value, ttlMs) {
       await (ttlMs === undefined ? client.set(key, value) : client.set(key, value, 'PX', ttlMs))
     },
-    async setIfAbsent (key, value, ttlMs) {
-      return (await client.set(key, value, 'PX', ttlMs, 'NX')) === 'OK'
-    },
     del: (key) => client.del(key),
+    readCounter: async (key) => Number(await client.getrange(key, 0, -1)) || 0,
     async publish (channel, message) {
       await client.publish(channel, message)
     },

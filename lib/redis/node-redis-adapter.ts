@@ -304,6 +304,7 @@ function nodeRedisClientAdapter (client: NodeRedisClientLike): RedisAdapter {
 
   return {
     keyPrefix,
+    cluster: false,
     run: (script, keys, args) => runOn((command) => send(command), script, keys.map(stored), args),
     runReplicated: (script, keys, args, replicas, timeoutMs) =>
       runAndWaitOn(client, script, keys.map(stored), args, replicas, timeoutMs),
@@ -317,10 +318,8 @@ function nodeRedisClientAdapter (client: NodeRedisClientLike): RedisAdapter {
     async set (key, value, ttlMs) {
       await send(ttlMs === undefined ? ['SET', stored(key), value] : ['SET', stored(key), value, 'PX', String(ttlMs)])
     },
-    async setIfAbsent (key, value, ttlMs) {
-      return (await send(['SET', stored(key), value, 'PX', String(ttlMs), 'NX'])) === 'OK'
-    },
     del: async (key) => Number(await send(['DEL', stored(key)])),
+    readCounter: async (key) => Number(await send(['GETRANGE', stored(key), '0', '-1'])) || 0,
     async publish (channel, message) {
       await send(['PUBLISH', channel, message])
     },
@@ -345,6 +344,7 @@ function nodeRedisClusterAdapter (cluster: NodeRedisClusterLike): RedisAdapter {
 
   return {
     keyPrefix,
+    cluster: true,
     run: (script, keys, args) => {
       const storedKeys = keys.map(stored)
       return runOn((command) => send(storedKeys[0], command), script, storedKeys, args)
@@ -375,11 +375,8 @@ function nodeRedisClusterAdapter (cluster: NodeRedisClusterLike): RedisAdapter {
       const storedKey = stored(key)
       await send(storedKey, ttlMs === undefined ? ['SET', storedKey, value] : ['SET', storedKey, value, 'PX', String(ttlMs)])
     },
-    async setIfAbsent (key, value, ttlMs) {
-      const storedKey = stored(key)
-      return (await send(storedKey, ['SET', storedKey, value, 'PX', String(ttlMs), 'NX'])) === 'OK'
-    },
     del: async (key) => Number(await send(stored(key), ['DEL', stored(key)])),
+    readCounter: async (key) => Number(await send(stored(key), ['GETRANGE', stored(key), '0', '-1'])) || 0,
     async publish (channel, message) {
       await send(undefined, ['PUBLISH', channel, message])
     },

@@ -149,16 +149,57 @@ return 1
 `
 }
 
+const DELETE_AND_ANNOUNCE = `
+redis.call('DEL', KEYS[1])
+local revision = 0
+if KEYS[2] then
+  local ok, value = pcall(redis.call, 'INCR', KEYS[2])
+  if ok then revision = value end
+end
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. revision .. ARGV[3]) end
+return revision
+`
+
 /**
- * KEYS: record. ARGV: channel ('' for none), message.
- * Deletes first: a full Redis still allows it. Then tells the other processes.
+ * KEYS: record. ARGV: channel ('' for none), the message's text before its revision, after it.
+ * Deletes first: a full Redis still allows it. Then tells the other processes, with revision 0.
  */
-export const DELETE_RECORD: RedisScript = {
-  name: 'delete',
+export const DELETE_RECORD: RedisScript = { name: 'delete', keys: 1, lua: DELETE_AND_ANNOUNCE }
+
+/**
+ * KEYS: record, the dataset's revision counter. ARGV: as DELETE_RECORD. Deletes, then
+ * increments the counter (a full Redis may refuse it: the revision is then 0), then announces
+ * with the revision. Returns the revision. One script, so a snapshot holds either both the
+ * delete and the new revision or neither.
+ */
+export const DELETE_COUNTED: RedisScript = { name: 'deleteCounted', keys: 2, lua: DELETE_AND_ANNOUNCE }
+
+/**
+ * KEYS: the dataset's revision counter. ARGV: channel, the message's text before its
+ * revision, after it. Counts a revocation made by other commands (a clear) and announces it.
+ */
+export const COUNT_AND_ANNOUNCE: RedisScript = {
+  name: 'countAnnounce',
   keys: 1,
   lua: `
-redis.call('DEL', KEYS[1])
-if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+local ok, revision = pcall(redis.call, 'INCR', KEYS[1])
+if not ok then revision = 0 end
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. revision .. ARGV[3])
+return revision
+`
+}
+
+/**
+ * KEYS: the dataset's revision counter. ARGV: the highest revision the caller knows.
+ * After revocations were made again on a dataset that went back, raises the counter to what it
+ * had reached, so that the loss is not detected again.
+ */
+export const RAISE_REVISION: RedisScript = {
+  name: 'raiseRevision',
+  keys: 1,
+  lua: `
+local current = tonumber(redis.call('GET', KEYS[1])) or 0
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 `
 }
@@ -175,20 +216,51 @@ return 0
 }
 
 /**
- * KEYS: value, lock. ARGV: token, bytes, ttl ms ('0' for none), channel ('' for none), message.
- * Saves, releases and announces only while the lock is still ours; returns 0 when it was lost.
+ * KEYS: lock. ARGV: token, ttl ms. Takes the lock unless another token holds it; returns 1 when
+ * this token holds it now. A client that resends the command after losing its reply (ioredis'
+ * autoResendUnfulfilledCommands) finds its own token and is told it holds the lock, where a
+ * plain SET NX would answer "taken" and leave the lock orphaned until its TTL.
+ */
+export const ACQUIRE_LOCK: RedisScript = {
+  name: 'lock',
+  keys: 1,
+  lua: `
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if current then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`
+}
+
+/** How long a save's receipt is kept: longer than any client takes to resend an unanswered command. */
+export const SAVE_RECEIPT_MS = 60_000
+
+/**
+ * KEYS: value, lock, receipt. ARGV: token, bytes, ttl ms ('0' for none), channel ('' for none),
+ * message, receipt TTL in ms. Saves, releases and announces only while the lock is still ours,
+ * and leaves the token in the receipt; returns 1 when saved, also when this is a resend of a
+ * save that was made (the receipt holds the token), and 0 when the lock was lost and nothing
+ * was written. The receipt lets an error say "nothing was written" truthfully.
  */
 export const SAVE_AND_RELEASE: RedisScript = {
   name: 'saveUnlock',
-  keys: 2,
+  keys: 3,
   lua: `
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  if redis.call('GET', KEYS[3]) == ARGV[1] then return 1 end
+  return 0
+end
 if ARGV[3] ~= '0' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 redis.call('DEL', KEYS[2])
+pcall(redis.call, 'SET', KEYS[3], ARGV[1], 'PX', ARGV[6])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 `
