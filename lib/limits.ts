@@ -7,6 +7,12 @@
  */
 export const FILL_WINDOW_MS = 30_000
 
+/**
+ * The contract's bound on revocation through faults: a request is never accepted on an answer
+ * whose `lookup` began longer ago than this, unless every invalidation since was heard.
+ */
+export const JOIN_WINDOW_MS = 2_000
+
 /** The bound on Redis calls off the request path (delete, clear, set, credentials, clean-up). */
 export const OFF_PATH_TIMEOUT_MS = 5_000
 

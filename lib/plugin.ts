@@ -73,24 +73,26 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     // window, after a claim that may have waited for its lookup.
     revocationRetainMs: Math.max(apiKeys.ttlSeconds, apiKeys.negativeTtlSeconds, 0) * 1000 + staleMs + FILL_WINDOW_MS
   }
-  // One invalidation channel per app, shared by the API-key cache and the credential store.
+  // One invalidation channel per app, shared by the API-key cache and the credential store. The
+  // Redis backend keeps no memory to invalidate, but hears revocations to make them again on a
+  // dataset that lost them.
   let bus: InvalidationBus | undefined
-  if (backend === 'tiered' || credentialsBackend === 'tiered') {
+  if (backend !== 'memory' || credentialsBackend === 'tiered') {
     bus = new InvalidationBus({ redis: redis!, channel: channelName(redis!, apiKeys.keyPrefix), guard, log: fastify.log })
     bus.start()
   }
   if (backend === 'memory') {
     store = createMemoryStore(apiKeys.max, staleMs)
   } else if (backend === 'redis') {
-    store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0 })
+    store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0, announcer: bus, bus })
   } else {
     store = createTieredStore({ ...redisSettings, bus: bus! })
   }
   if (bus !== undefined) {
-    const tieredBus = bus
-    fastify.addHook('onClose', () => tieredBus.close())
+    const openBus = bus
+    fastify.addHook('onClose', () => openBus.close())
     // The first requests of a new process should be memory hits, not Redis reads.
-    await bus.whenTrusted(STARTUP_WAIT_MS)
+    if (backend === 'tiered' || credentialsBackend === 'tiered') await bus.whenTrusted(STARTUP_WAIT_MS)
   }
   const apiKeyStore = store
   fastify.addHook('onClose', () => apiKeyStore.close())
@@ -127,7 +129,7 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
       ? new MemoryCredentialByteStore()
       : new RedisCredentialByteStore(redis!, guard, options.credentials.keyPrefix, credentialBus && {
         channel: credentialBus.channel,
-        changed: (key) => credentialBus.message('credential', key)
+        changed: (key) => credentialBus.messageParts('credential', key)
       }),
     memory: credentialBus && new CredentialMemory(credentialBus),
     mutex: new KeyedMutex(),

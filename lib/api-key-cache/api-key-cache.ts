@@ -1,5 +1,5 @@
 import { hashApiKey } from '../api-keys/hash'
-import { isApiKeyRecord } from '../api-keys/record'
+import { toStoredRecord } from '../api-keys/record'
 import { InvalidOptionError } from '../errors'
 import type { ApiKeyRecord, BackendName } from '../types'
 import type { ApiKeyCacheStats, Counters } from './stats'
@@ -35,14 +35,18 @@ export function createApiKeyCache (store: ApiKeyStore, counters: Counters): ApiK
     },
 
     async set (keyHash, record, ttlSeconds) {
-      if (!isApiKeyRecord(record)) {
-        throw new InvalidOptionError('record', 'must be an object with a string "id" and a boolean "active"')
+      const stored = toStoredRecord(record)
+      if (stored === 'not-a-record') {
+        throw new InvalidOptionError('record', 'must be an object with a string "id" and a boolean "active" of its own')
+      }
+      if (stored === 'not-serializable') {
+        throw new InvalidOptionError('record', 'must be JSON (no BigInt, no cycle, no throwing getter)')
       }
       if (typeof ttlSeconds !== 'number' || Number.isNaN(ttlSeconds)) {
         throw new InvalidOptionError('ttlSeconds', 'must be a number')
       }
       if (ttlSeconds <= 0) return
-      await store.set(keyHash, record, ttlSeconds * 1000)
+      await store.set(keyHash, stored, ttlSeconds * 1000)
     },
 
     delete: (keyHash) => store.delete(keyHash),

@@ -4,21 +4,26 @@ import type { RedisAdapter, RedisSubscriber } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 
 /**
- * The tiered backend's invalidation channel, its whole protocol in one place.
+ * The invalidation channel shared by every process of one app, its whole protocol in one place
+ * (docs/protocol.md documents it for revokers written in other languages).
  *
- * Messages are `<kind>:<instance>[:<payload>]`, published by the process that changed something
- * and acted on by every other process (each ignores its own):
- * - `d:<instance>:<keyHash>`: an API key's entry was deleted;
- * - `c:<instance>`: the API-key prefix was cleared;
- * - `k:<instance>:<storage key>`: a credential was saved, updated or cleared.
+ * Messages are `<kind>:<instance>:<revision>[:<payload>]`, published by the process that changed
+ * something and acted on by every other process (each ignores its own):
+ * - `d:<instance>:<revision>:<keyHash>`: an API key's entry was deleted;
+ * - `c:<instance>:<revision>`: the API-key prefix was cleared;
+ * - `k:<instance>:0:<storage key>`: a credential was saved, updated or cleared.
+ * `<revision>` is the value of the dataset's revision counter that the revocation set in the
+ * same script (see dataset-revision.ts), or 0 when unknown.
  *
- * Pub/sub drops what is published while a subscriber is away, so the bus is trusted only while
- * it can show that it hears the channel: every HEARTBEAT_MS the process publishes a heartbeat
- * on a channel of its own, which its subscriber connection (subscribed to both channels at once)
- * must hear within DEADLINE_MS. That proves the whole path a revocation takes, publisher to
- * Redis (and across a Cluster's bus) to subscriber. A lost connection or a late echo makes it
- * untrusted at once; the next echo on a connection whose subscription was acknowledged makes it
- * trusted again. Each process hears only its own heartbeats, so what an idle process costs
+ * Pub/sub drops what is published while a subscriber is away, and a live connection may deliver
+ * late, so process memory is trusted only while the bus can show that it hears the channel
+ * promptly: every HEARTBEAT_MS the process publishes its send time on a channel of its own, which
+ * its subscriber connection (subscribed to both channels at once, so messages arrive in publish
+ * order) echoes back. An echo of a heartbeat sent at S proves that everything published before S
+ * has been read, so memory is trusted until S + TRUST_DEADLINE_MS and no longer: a link that
+ * delivers every byte seconds late loses trust within the deadline, however steady its echoes,
+ * and so does a process whose event loop was stalled (the deadline is checked against the real
+ * clock on each use). Each process hears only its own heartbeats, so what an idle process costs
  * Redis does not grow with the number of processes.
  */
 
@@ -27,30 +32,40 @@ export type InvalidationKind = 'delete' | 'clear' | 'credential'
 export interface InvalidationMessage {
   kind: InvalidationKind
   instance: string
+  /** The dataset revision the change set; 0 when unknown. */
+  revision: number
   /** The key hash of a delete, the storage key of a credential. */
   payload?: string
 }
 
 const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c', credential: 'k' }
 const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear', k: 'credential' }
+const REVISION = /^(0|[1-9][0-9]{0,15})$/
+
+/** The text of a message, up to its revision, and after it: a script puts the revision between them. */
+export function messageParts (kind: InvalidationKind, instance: string, payload?: string): [string, string] {
+  return [`${CODES[kind]}:${instance}:`, payload === undefined ? '' : `:${payload}`]
+}
 
 export function encodeMessage (message: InvalidationMessage): string {
-  const head = `${CODES[message.kind]}:${message.instance}`
-  return message.payload === undefined ? head : `${head}:${message.payload}`
+  const [head, tail] = messageParts(message.kind, message.instance, message.payload)
+  return `${head}${message.revision}${tail}`
 }
 
 /** Undefined for anything that is not a message of this protocol. */
 export function parseMessage (text: string): InvalidationMessage | undefined {
   const kind = KINDS[text.charAt(0)]
   if (kind === undefined || text.charAt(1) !== ':') return undefined
-  const end = text.indexOf(':', 2)
-  const instance = end === -1 ? text.slice(2) : text.slice(2, end)
-  if (instance.length === 0) return undefined
-  if (kind !== 'clear') {
-    const payload = end === -1 ? '' : text.slice(end + 1)
-    return payload.length === 0 ? undefined : { kind, instance, payload }
-  }
-  return end === -1 ? { kind, instance } : undefined
+  const instanceEnd = text.indexOf(':', 2)
+  if (instanceEnd <= 2) return undefined
+  const instance = text.slice(2, instanceEnd)
+  const revisionEnd = text.indexOf(':', instanceEnd + 1)
+  const revisionText = revisionEnd === -1 ? text.slice(instanceEnd + 1) : text.slice(instanceEnd + 1, revisionEnd)
+  if (!REVISION.test(revisionText)) return undefined
+  const revision = Number(revisionText)
+  if (kind === 'clear') return revisionEnd === -1 ? { kind, instance, revision } : undefined
+  const payload = revisionEnd === -1 ? '' : text.slice(revisionEnd + 1)
+  return payload.length === 0 ? undefined : { kind, instance, revision, payload }
 }
 
 /** Channels ignore the client's keyPrefix, so it is part of the name: apps with other prefixes never hear each other. */
@@ -63,6 +78,8 @@ export interface InvalidationHandlers {
   invalidated (message: InvalidationMessage): void
   /** The bus starts or stops vouching that no message was missed. */
   trustChanged (trusted: boolean): void
+  /** Called every heartbeat interval, for periodic checks that belong to the listener. */
+  tick? (): void
 }
 
 export interface InvalidationBusOptions {
@@ -78,7 +95,8 @@ function heartbeatChannel (instance: string): string {
 }
 
 const HEARTBEAT_MS = 300
-const DEADLINE_MS = 900
+/** How old the newest echoed heartbeat may be while memory is trusted (contract: at most 1 s). */
+export const TRUST_DEADLINE_MS = 900
 const CLOSE_TIMEOUT_MS = 1000
 
 export class InvalidationBus {
@@ -97,8 +115,12 @@ export class InvalidationBus {
   // taken for one from after it.
   #connection = 0
   #subscribed = false
-  #trusted = false
-  #lastEcho = 0
+  // Memory is trusted while performance.now() is below this: the send time of the newest echoed
+  // heartbeat plus the deadline. -Infinity while the subscription is not proven.
+  #trustedUntil = -Infinity
+  // What listeners were last told; a lapse of #trustedUntil is told at the next heartbeat or echo.
+  #announced = false
+  #epoch = 0
   #timer: NodeJS.Timeout | undefined
   #closed = false
   #waiters: Array<() => void> = []
@@ -115,8 +137,24 @@ export class InvalidationBus {
     })
   }
 
+  /**
+   * Whether process memory may answer now. Reads the real clock: after a stalled event loop
+   * (a long synchronous task, a GC pause) the first use finds the deadline passed, before any
+   * timer or queued message has run.
+   */
   get trusted (): boolean {
-    return this.#trusted
+    return performance.now() < this.#trustedUntil
+  }
+
+  /**
+   * A token that stays the same while the bus hears every invalidation without a break;
+   * undefined while it does not. Work begun under one token may be trusted later only if the
+   * token is unchanged then.
+   */
+  hearing (): number | undefined {
+    if (!this.trusted) return undefined
+    // A lapse not told yet still ends the period: it is told first.
+    return this.#announced ? this.#epoch : undefined
   }
 
   /** Adds a listener: the API-key store and the credential stores of one app share the bus. */
@@ -124,9 +162,9 @@ export class InvalidationBus {
     this.#listeners.push(handlers)
   }
 
-  /** The text of a message from this process. */
-  message (kind: InvalidationKind, payload?: string): string {
-    return encodeMessage({ kind, instance: this.instance, payload })
+  /** The parts of a message from this process, around its revision (see messageParts). */
+  messageParts (kind: InvalidationKind, payload?: string): [string, string] {
+    return messageParts(kind, this.instance, payload)
   }
 
   start (): void {
@@ -137,7 +175,7 @@ export class InvalidationBus {
 
   /** Resolves once the bus is trusted, or after `timeoutMs`, whichever comes first. */
   whenTrusted (timeoutMs: number): Promise<void> {
-    if (this.#trusted) return Promise.resolve()
+    if (this.trusted) return Promise.resolve()
     return new Promise((resolve) => {
       const timer = setTimeout(done, timeoutMs)
       const waiters = this.#waiters
@@ -165,25 +203,26 @@ export class InvalidationBus {
   #lost (): void {
     this.#connection++
     this.#subscribed = false
-    this.#setTrusted(false)
+    this.#trustedUntil = -Infinity
+    this.#announce(false)
   }
 
   #heartbeat (): void {
     if (this.#closed) return
-    if (this.#trusted && performance.now() - this.#lastEcho > DEADLINE_MS) {
-      this.#log.warn('fastify-auth-cache: invalidation heartbeat missed; process memory is bypassed until it is heard again')
-      this.#setTrusted(false)
+    if (this.#announced && !this.trusted) {
+      this.#log.warn('fastify-auth-cache: no timely heartbeat echo on the invalidation channel; process memory is bypassed until one is heard')
+      this.#announce(false)
     }
-    this.#guard.offPath(() => this.#redis.publish(this.#heartbeatChannel, 'h')).catch(() => {
-      // A failed publish shows up as a missed echo; the deadline above handles it.
+    const sentAt = performance.now()
+    this.#guard.offPath(() => this.#redis.publish(this.#heartbeatChannel, String(sentAt))).catch(() => {
+      // A failed publish shows up as a missing echo; the deadline above handles it.
     })
+    for (const listener of this.#listeners) listener.tick?.()
   }
 
   #onMessage (channel: string, text: string): void {
     if (channel === this.#heartbeatChannel) {
-      if (!this.#subscribed) return
-      this.#lastEcho = performance.now()
-      this.#setTrusted(true)
+      this.#echoed(Number(text))
       return
     }
     if (channel !== this.channel) return
@@ -193,16 +232,29 @@ export class InvalidationBus {
     for (const listener of this.#listeners) listener.invalidated(message)
   }
 
-  #setTrusted (trusted: boolean): void {
-    if (this.#trusted === trusted || (trusted && this.#closed)) return
-    this.#trusted = trusted
+  /** The echo of a heartbeat sent at `sentAt`: memory may be trusted until `sentAt` plus the deadline. */
+  #echoed (sentAt: number): void {
+    if (!this.#subscribed || !(sentAt > 0)) return
+    // A lapse since the last echo is told before trust comes back: listeners then start afresh.
+    if (this.#announced && !this.trusted) this.#announce(false)
+    this.#trustedUntil = Math.max(this.#trustedUntil, sentAt + TRUST_DEADLINE_MS)
+    if (this.trusted) this.#announce(true)
+  }
+
+  #announce (trusted: boolean): void {
+    if (this.#announced === trusted || (trusted && this.#closed)) return
+    this.#announced = trusted
+    if (!trusted) this.#epoch++
     for (const listener of this.#listeners) listener.trustChanged(trusted)
     if (trusted) for (const resolve of [...this.#waiters]) resolve()
   }
 
   async close (): Promise<void> {
+    // A clean shutdown is no loss of trust: nothing is told, and memory is no longer used.
     this.#closed = true
-    this.#lost()
+    this.#connection++
+    this.#subscribed = false
+    this.#trustedUntil = -Infinity
     if (this.#timer) clearInterval(this.#timer)
     for (const resolve of [...this.#waiters]) resolve()
     await this.#subscriber.close(CLOSE_TIMEOUT_MS)

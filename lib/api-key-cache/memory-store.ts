@@ -8,7 +8,7 @@ export function createMemoryStore (max: number, staleMs: number): ApiKeyStore {
   return {
     backend: 'memory',
     invalidationsReceived: 0,
-    hearsInvalidations: true,
+    hearing: () => 0,
     get entries () {
       return local.size
     },

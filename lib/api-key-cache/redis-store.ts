@@ -7,7 +7,9 @@ import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
-import { BEGIN_RENEWAL, claimOf, DELETE_RECORD, slotSibling, FILL_RECORD, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD } from '../redis/scripts'
+import { BEGIN_RENEWAL, claimOf, COUNT_AND_ANNOUNCE, DELETE_COUNTED, DELETE_RECORD, FILL_RECORD, RAISE_REVISION, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD, slotSibling } from '../redis/scripts'
+import { DatasetRevision, revisionKey } from './dataset-revision'
+import type { InvalidationBus, InvalidationKind } from './invalidation-bus'
 import { RevocationLog } from './revocation-log'
 import type { ApiKeyRecord } from '../types'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer, type Renewal, type StoreLoad } from './store'
@@ -39,9 +41,9 @@ function decodeAnswer (raw: string | null): CachedAnswer | undefined {
 
 /** Tells other processes about a revocation, from inside the script that makes it. */
 export interface Announcer {
-  channel: string
-  deleted (keyHash: string): string
-  cleared (): string
+  readonly channel: string
+  /** The message's text before its revision, and after it. */
+  messageParts (kind: InvalidationKind, payload?: string): [string, string]
 }
 
 export interface RedisStoreOptions {
@@ -57,9 +59,14 @@ export interface RedisStoreOptions {
   staleMs: number
   /** Whether request-path reads should return the TTL (refresh-ahead). */
   readsTtl: boolean
-  /** Called once revocations were made again after a reconnection (tiered: memory filled meanwhile goes). */
+  /** Called once revocations were made again on a dataset that went back (tiered: memory filled meanwhile goes). */
   replayed?: () => void
   announcer?: Announcer
+  /**
+   * The app's invalidation channel: revocations other processes announce are kept for replay
+   * too, so that any process that heard one can make it again on a dataset that lost it.
+   */
+  bus?: InvalidationBus
 }
 
 export interface RedisLoad extends StoreLoad {
@@ -82,8 +89,6 @@ function staleRecord (raw: string | false): ApiKeyRecord | undefined {
  */
 export class RedisApiKeyStore implements ApiKeyStore {
   readonly backend = 'redis' as const
-  readonly invalidationsReceived = 0
-  readonly hearsInvalidations = false
   readonly entries = 0
   #invalidated = (_keyHash: string | undefined): void => {}
   readonly #redis: RedisAdapter
@@ -91,10 +96,21 @@ export class RedisApiKeyStore implements ApiKeyStore {
   readonly #guard: RedisGuard
   readonly #log: FastifyBaseLogger
   readonly #announcer: Announcer | undefined
+  /** Revocations made here, and heard from other processes: each kept for replaying. */
   readonly #revocations: RevocationLog
+  readonly #heard: RevocationLog
   readonly #stopReplaying: () => void
   readonly #staleMs: number
   readonly #readsTtl: boolean
+  readonly #revision = new DatasetRevision()
+  readonly #revisionKey: string
+  readonly #replayed: (() => void) | undefined
+  readonly #bus: InvalidationBus | undefined
+  // One replay at a time; a trigger during one makes it run once more.
+  #replaying: Promise<void> | undefined
+  #replayAgain = false
+  #checkingRevision = false
+  #closed = false
 
   constructor (options: RedisStoreOptions) {
     this.#redis = options.redis
@@ -105,15 +121,44 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.#revocations = new RevocationLog(options.revocationRetainMs, options.max)
     this.#staleMs = options.staleMs
     this.#readsTtl = options.readsTtl
-    // The one trigger, on every backend: the client is back after a loss (a failover, a restart
-    // from an old snapshot), when Redis may have lost revocations made before.
+    this.#revisionKey = revisionKey(options.keyPrefix)
+    this.#replayed = options.replayed
+    this.#bus = options.bus
+    this.#heard = new RevocationLog(options.revocationRetainMs, options.max)
+    options.bus?.listen({
+      invalidated: (message) => {
+        if (message.kind === 'delete') this.#heard.deleted(message.payload!)
+        else if (message.kind === 'clear') this.#heard.cleared()
+        else return
+        this.#revision.seen(message.revision)
+      },
+      trustChanged: () => {},
+      // A dataset replaced in place drops no connection: the counter is read while there is
+      // anything to make again.
+      tick: () => {
+        if (this.#revocations.holdsAny() || this.#heard.holdsAny()) this.#checkRevision()
+      }
+    })
+    // The client is back after a loss (a failover, a restart from an old snapshot): Redis may
+    // have lost revocations. This process makes its own again, as a safeguard that needs no
+    // counter (a full Redis refuses to count; a Cluster keeps no counter), and on a dataset that
+    // went back, those it heard too.
     this.#stopReplaying = this.#redis.onReconnect(() => {
-      this.#replay().catch(() => {}).then(() => options.replayed?.(), () => {})
+      this.#replay(false)
+      if (!this.#redis.cluster) this.#checkRevision()
     })
   }
 
   onInvalidate (listener: (keyHash: string | undefined) => void): void {
     this.#invalidated = listener
+  }
+
+  hearing (): undefined {
+    return undefined
+  }
+
+  get invalidationsReceived (): number {
+    return this.#bus?.received ?? 0
   }
 
   peek (): undefined {
@@ -206,7 +251,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   /**
    * Removes the key and announces it in one script. On a Cluster whose masters have replicas,
    * a replica must acknowledge it, or the delete rejects so that the caller retries: a failover
-   * could otherwise lose it. Everywhere, it is kept to be made again after a reconnection.
+   * could otherwise lose it. Everywhere, it is kept to be made again on a dataset that lost it.
    */
   async delete (keyHash: string): Promise<void> {
     this.#revocations.deleted(keyHash)
@@ -215,8 +260,9 @@ export class RedisApiKeyStore implements ApiKeyStore {
       await this.#deleteOnce(keyHash)
       return
     }
-    const [, acknowledged] = await this.#guard.offPath(() =>
-      this.#redis.runReplicated(DELETE_RECORD, [this.#prefix + keyHash], this.#deleteArgs(keyHash), 1, REPLICA_ACK_MS))
+    const [script, keys, args] = this.#deleteCall(keyHash)
+    const [revision, acknowledged] = await this.#guard.offPath(() => this.#redis.runReplicated(script, keys, args, 1, REPLICA_ACK_MS))
+    this.#revision.seen(Number(revision))
     if (acknowledged < 1) throw new RevocationNotReplicatedError(REPLICA_ACK_MS)
   }
 
@@ -226,36 +272,96 @@ export class RedisApiKeyStore implements ApiKeyStore {
     await this.#clearOnce()
   }
 
-  #deleteArgs (keyHash: string): string[] {
-    return this.#announcer === undefined ? ['', ''] : [this.#announcer.channel, this.#announcer.deleted(keyHash)]
+  /** The delete script for the key: on a single dataset it also counts the revision. */
+  #deleteCall (keyHash: string): [typeof DELETE_RECORD, string[], string[]] {
+    const [channel, head, tail] = this.#announcement('delete', keyHash)
+    return this.#redis.cluster
+      ? [DELETE_RECORD, [this.#prefix + keyHash], [channel, head, tail]]
+      : [DELETE_COUNTED, [this.#prefix + keyHash, this.#revisionKey], [channel, head, tail]]
+  }
+
+  #announcement (kind: InvalidationKind, payload?: string): [string, string, string] {
+    const announcer = this.#announcer
+    return announcer === undefined ? ['', '', ''] : [announcer.channel, ...announcer.messageParts(kind, payload)]
   }
 
   async #deleteOnce (keyHash: string): Promise<void> {
-    await this.#guard.offPath(() => this.#redis.run(DELETE_RECORD, [this.#prefix + keyHash], this.#deleteArgs(keyHash)))
+    const [script, keys, args] = this.#deleteCall(keyHash)
+    this.#revision.seen(Number(await this.#guard.offPath(() => this.#redis.run(script, keys, args))))
   }
 
   async #clearOnce (): Promise<void> {
-    await clearPrefix(this.#redis, this.#prefix, this.#guard.offPath)
-    const announcer = this.#announcer
-    if (announcer !== undefined) await this.#guard.offPath(() => this.#redis.publish(announcer.channel, announcer.cleared()))
+    await clearPrefix(this.#redis, this.#prefix, this.#guard.offPath, [this.#redisKeyOf(this.#revisionKey)])
+    const [channel, head, tail] = this.#announcement('clear')
+    if (channel === '') return
+    if (this.#redis.cluster) {
+      await this.#guard.offPath(() => this.#redis.publish(channel, `${head}0${tail}`))
+    } else {
+      this.#revision.seen(Number(await this.#guard.offPath(() => this.#redis.run(COUNT_AND_ANNOUNCE, [this.#revisionKey], [channel, head, tail]))))
+    }
   }
 
-  /** Makes this process's recent revocations again, on a Redis that may have lost them. */
-  async #replay (): Promise<void> {
-    const pending = this.#revocations.pending()
-    if (pending.length === 0) return
-    this.#log.info({ revocations: pending.length }, 'fastify-auth-cache: Redis connection is back; making recent revocations again')
+  #redisKeyOf (key: string): string {
+    return this.#redis.keyPrefix + key
+  }
+
+  /** Reads the dataset's revision; makes the logged revocations again when it went back. */
+  #checkRevision (): void {
+    if (this.#checkingRevision || this.#closed) return
+    this.#checkingRevision = true
+    this.#guard.offPath(() => this.#redis.readCounter(this.#revisionKey)).then((current) => {
+      this.#checkingRevision = false
+      if (!this.#revision.wentBack(current)) return
+      this.#log.warn({ revision: current, expected: this.#revision.highest },
+        'fastify-auth-cache: Redis holds an older dataset than it had (a restore, a failover, a reload); making recent revocations again')
+      this.#replay(true)
+    }, () => {
+      // A Redis that does not answer is checked again at the next heartbeat or reconnection.
+      this.#checkingRevision = false
+    })
+  }
+
+  /**
+   * Makes the recent revocations made here (and with `heard`, those heard from others) again,
+   * one replay at a time, then raises the counter past what the dataset had reached.
+   */
+  #replay (heard: boolean): void {
+    if (this.#replaying !== undefined) {
+      this.#replayAgain ||= heard
+      return
+    }
+    this.#replaying = this.#replayOnce(heard).catch(() => {}).then(() => {
+      this.#replaying = undefined
+      this.#replayed?.()
+      if (this.#replayAgain && !this.#closed) {
+        this.#replayAgain = false
+        this.#replay(true)
+      }
+    })
+  }
+
+  async #replayOnce (heard: boolean): Promise<void> {
+    const pending = heard ? [...this.#revocations.pending(), ...this.#heard.pending()] : this.#revocations.pending()
+    if (pending.length === 0 && !heard) return
+    this.#log.info({ revocations: pending.length }, 'fastify-auth-cache: Redis connection is back or its dataset went back; making recent revocations again')
     try {
-      await Promise.all(pending.map((revocation) =>
-        revocation.kind === 'clear' ? this.#clearOnce() : this.#deleteOnce(revocation.keyHash)))
+      // One clear covers every delete.
+      const clear = pending.find((revocation) => revocation.kind === 'clear')
+      await Promise.all(clear !== undefined
+        ? [this.#clearOnce()]
+        : pending.map((revocation) => revocation.kind === 'delete' ? this.#deleteOnce(revocation.keyHash) : undefined))
+      if (!this.#redis.cluster && this.#revision.highest > 0) {
+        await this.#guard.offPath(() => this.#redis.run(RAISE_REVISION, [this.#revisionKey], [this.#revision.highest]))
+      }
     } catch (err) {
-      // The next reconnection tries again; until then the contract's fault bound applies.
-      this.#log.warn({ err }, 'fastify-auth-cache: replaying recent revocations failed')
+      // The next reconnection or revision check tries again; until then the contract's fault bound applies.
+      this.#log.warn({ err }, 'fastify-auth-cache: making recent revocations again failed')
       throw err
     }
   }
 
   close (): Promise<void> {
+    this.#closed = true
     this.#stopReplaying()
     return Promise.resolve()
   }

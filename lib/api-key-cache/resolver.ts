@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import { isApiKeyRecord, rejectReason, type RejectReason } from '../api-keys/record'
+import { rejectReason, toStoredRecord, type RejectReason } from '../api-keys/record'
 import { ApiKeyLookupFailedError } from '../errors'
+import { JOIN_WINDOW_MS } from '../limits'
 import type { ApiKeyLookup } from '../options'
 import type { ApiKeyRecord } from '../types'
 import type { Telemetry } from '../telemetry'
@@ -32,6 +33,14 @@ interface Load {
   source: Resolved['source']
 }
 
+/** A load in flight, and what a request that comes later needs to know before it joins. */
+interface InFlight {
+  load: Promise<Load>
+  startedAt: number
+  /** The store's hearing token when the load began (see ApiKeyStore.hearing). */
+  heardFrom: number | undefined
+}
+
 export interface ResolverOptions {
   store: ApiKeyStore
   lookup: ApiKeyLookup
@@ -49,6 +58,12 @@ class LookupTimeoutError extends Error {
     super(`lookup did not answer within ${ms} ms`)
     this.name = 'LookupTimeoutError'
   }
+}
+
+/** Whether `value` has a `then` to wait on; reading it may run a getter, which may throw (a failed lookup). */
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
 }
 
 /** Each key refreshes ahead at its own point between half and all of the window, so keys cached together spread out. */
@@ -71,7 +86,7 @@ export class Resolver {
   readonly #counters: Counters
   readonly #telemetry: Telemetry
   readonly #log: FastifyBaseLogger
-  readonly #inFlight = new Map<string, Promise<Load>>()
+  readonly #inFlight = new Map<string, InFlight>()
   readonly #refreshing = new Set<string>()
   #lastBackendWarnAt = -Infinity
   #lastStaleWarnAt = -Infinity
@@ -118,21 +133,36 @@ export class Resolver {
    */
   load (keyHash: string, request: FastifyRequest, joinUnsettled = true): Promise<Resolved> {
     const pending = this.#inFlight.get(keyHash)
-    if (pending === undefined) {
+    if (pending === undefined || !this.#mayJoin(pending)) {
       const load = this.#load(keyHash, request)
-      const shared = load.finally(() => {
-        if (this.#inFlight.get(keyHash) === shared) this.#inFlight.delete(keyHash)
+      const entry: InFlight = { load, startedAt: performance.now(), heardFrom: this.#store.hearing() }
+      load.finally(() => {
+        if (this.#inFlight.get(keyHash) === entry) this.#inFlight.delete(keyHash)
+      }).catch(() => {
+        // Joiners handle its failure; without any, it must not count as unhandled.
       })
-      // Joiners handle its failure; without any, it must not count as unhandled.
-      shared.catch(() => {})
-      this.#inFlight.set(keyHash, shared)
+      this.#inFlight.set(keyHash, entry)
       return load.then(this.#judge)
     }
     this.#counters.coalesced++
     // A store that does not hear other processes' revocations learns of them only from a
     // refused fill; a joiner then asks again, once, rather than trust an answer it came after.
-    if (this.#store.hearsInvalidations || !joinUnsettled) return pending.then(this.#judge)
-    return pending.then((load) => load.settled ? this.#judge(load) : this.#resolveAgain(keyHash, request))
+    if (this.#heardSince(pending) || !joinUnsettled) return pending.load.then(this.#judge)
+    return pending.load.then((load) => load.settled ? this.#judge(load) : this.#resolveAgain(keyHash, request))
+  }
+
+  /** Whether every invalidation since `pending` began reached this process. */
+  #heardSince (pending: InFlight): boolean {
+    return pending.heardFrom !== undefined && this.#store.hearing() === pending.heardFrom
+  }
+
+  /**
+   * A request may take the answer of a lookup in flight if that lookup began within the join
+   * window, or if every invalidation since it began was heard (and would have dropped it).
+   * Otherwise the answer may predate a revocation the request came after: it starts its own.
+   */
+  #mayJoin (pending: InFlight): boolean {
+    return performance.now() - pending.startedAt <= JOIN_WINDOW_MS || this.#heardSince(pending)
   }
 
   #resolveAgain (keyHash: string, request: FastifyRequest): Resolved | Promise<Resolved> {
@@ -230,32 +260,40 @@ export class Resolver {
     const startedAt = this.#telemetry.watchingLookups ? performance.now() : 0
     let answer: unknown
     try {
-      answer = await this.#bounded(this.#lookup(keyHash, request))
+      answer = await this.#bounded(() => this.#lookup(keyHash, request))
     } catch (err) {
       if (startedAt !== 0) this.#telemetry.lookedUp(keyHash, performance.now() - startedAt, false)
       this.#counters.lookupErrors++
       request.log.error({ err, keyHash }, 'fastify-auth-cache: API key lookup failed')
       throw new ApiKeyLookupFailedError()
     }
-    const ok = answer === null || answer === undefined || isApiKeyRecord(answer)
+    const record = answer === null || answer === undefined ? UNKNOWN_KEY : toStoredRecord(answer)
+    const ok = typeof record !== 'string'
     if (startedAt !== 0) this.#telemetry.lookedUp(keyHash, performance.now() - startedAt, ok)
-    if (answer === null || answer === undefined) return UNKNOWN_KEY
     if (!ok) {
       this.#counters.lookupErrors++
-      request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
+      // The record's own error messages stay out of the log line and the reply: they may quote it.
+      request.log.error({ keyHash, reason: record }, record === 'not-serializable'
+        ? 'fastify-auth-cache: API key lookup answered a record that cannot be stored as JSON (a BigInt, a cycle, a throwing getter)'
+        : 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number } as own properties)')
       throw new ApiKeyLookupFailedError()
     }
-    return answer as ApiKeyRecord
+    return record
   }
 
-  /** `lookup`'s answer, or a LookupTimeoutError after lookupTimeoutMs; a late answer is dropped. */
-  #bounded<T> (answer: T | Promise<T>): T | Promise<T> {
-    if (!(answer instanceof Promise)) return answer
-    return new Promise<T>((resolve, reject) => {
+  /**
+   * `lookup`'s answer, or a LookupTimeoutError after lookupTimeoutMs; a late answer is dropped.
+   * Anything with a `then` is waited for under the bound: query builders (Knex, Mongoose,
+   * Drizzle) are thenables, and a promise from another realm is not `instanceof Promise`.
+   */
+  #bounded (call: () => unknown): unknown {
+    const answer = call()
+    if (!isThenable(answer)) return answer
+    return new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => reject(new LookupTimeoutError(this.#lookupTimeoutMs)), this.#lookupTimeoutMs)
-      answer.then(
+      Promise.resolve(answer).then(
         (value) => { clearTimeout(timer); resolve(value) },
-        (err) => { clearTimeout(timer); reject(err) })
+        (err: unknown) => { clearTimeout(timer); reject(err) })
     })
   }
 

@@ -1,6 +1,6 @@
 /**
- * The revocations this process made recently, kept so that they can be made again on a Redis
- * that lost them: a failover to a replica the write had not reached, or a restart from a snapshot
+ * The revocations this process made or heard of recently, kept so that they can be made again
+ * on a Redis that lost them: a failover to a replica the write had not reached, or a restart from a snapshot
  * taken before it. Redis replication and persistence are asynchronous, so an acknowledged DEL
  * can vanish; the record it removed then comes back. A revocation only needs replaying while
  * what it removed could still be alive, so each is kept for `retainMs`: the longest an entry
@@ -31,6 +31,12 @@ export class RevocationLog {
   cleared (): void {
     this.#deletes.clear()
     this.#clearedAt = performance.now()
+  }
+
+  /** Whether any revocation is still kept. */
+  holdsAny (): boolean {
+    this.#forgetOld()
+    return this.#clearedAt !== -Infinity || this.#deletes.size > 0
   }
 
   /** What must be made again, clear first. */

@@ -67,10 +67,11 @@ export interface ApiKeyStore {
   delete (keyHash: string): Promise<void>
   clear (): Promise<void>
   /**
-   * Whether every revocation this process must honour reaches `onInvalidate` (memory: all are
-   * made here; tiered: the bus brings the others). The plain Redis backend hears only its own.
+   * A token that stays the same while every revocation this process must honour reaches
+   * `onInvalidate` without a break (memory: all are made here; tiered: while the bus is
+   * trusted); undefined while they may not. The plain Redis backend hears only its own.
    */
-  readonly hearsInvalidations: boolean
+  hearing (): number | undefined
   /** Sets the one listener told of each invalidation seen here: a key hash, or undefined for all keys. */
   onInvalidate (listener: (keyHash: string | undefined) => void): void
   /** Invalidations received from other processes. */

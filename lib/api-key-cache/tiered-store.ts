@@ -57,13 +57,10 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
     ...options,
     readsTtl: true,
     // This process does not hear its own replayed announcements: memory filled from Redis before
-    // the replay (perhaps with what a failover brought back) goes once it is done.
+    // the replay (perhaps with what the older dataset brought back) goes once it is done.
     replayed: flush,
-    announcer: {
-      channel: bus.channel,
-      deleted: (keyHash) => bus.message('delete', keyHash),
-      cleared: () => bus.message('clear')
-    }
+    announcer: bus,
+    bus
   })
 
   function copyToLocal (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: LocalTicket): void {
@@ -72,7 +69,7 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
 
   return {
     backend: 'tiered',
-    hearsInvalidations: true,
+    hearing: () => bus.hearing(),
     get entries () {
       return local.size
     },

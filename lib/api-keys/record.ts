@@ -1,12 +1,39 @@
+import sjson from 'secure-json-parse'
 import type { ApiKeyRecord } from '../types'
 
-/** The shape the contract requires of a record: an object with a string `id` and a boolean `active`. */
+/**
+ * The shape the contract requires of a record: an object with a string `id` and a boolean
+ * `active`, as its OWN properties. An inherited `id` or `active` (a record built with
+ * `Object.assign({}, JSON.parse('{"__proto__":…}'))`) does not count.
+ */
 export function isApiKeyRecord (value: unknown): value is ApiKeyRecord {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false
   const record = value as Record<string, unknown>
-  return typeof record.id === 'string' &&
-    typeof record.active === 'boolean' &&
-    (record.expiresAt === undefined || (typeof record.expiresAt === 'number' && !Number.isNaN(record.expiresAt)))
+  return Object.hasOwn(record, 'id') && typeof record.id === 'string' &&
+    Object.hasOwn(record, 'active') && typeof record.active === 'boolean' &&
+    (record.expiresAt === undefined || (Object.hasOwn(record, 'expiresAt') && typeof record.expiresAt === 'number' && !Number.isNaN(record.expiresAt)))
+}
+
+/** Why `toStoredRecord` refused an answer. */
+export type UnstorableReason = 'not-a-record' | 'not-serializable'
+
+/**
+ * What `lookup` answered, as the record every backend stores: its own enumerable JSON properties
+ * only, read once. Getters run here (a throwing one refuses the record, its message kept out of
+ * any reply), inherited properties are dropped, and a value that JSON cannot hold (a BigInt, a
+ * cycle) refuses the record here, for its key alone, instead of failing later inside a Redis
+ * write. The memory backend then holds exactly what Redis would give back.
+ */
+export function toStoredRecord (answer: unknown): ApiKeyRecord | UnstorableReason {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(answer)
+  } catch {
+    return 'not-serializable'
+  }
+  if (json === undefined) return 'not-a-record'
+  const record: unknown = sjson.parse(json, undefined, { protoAction: 'remove', constructorAction: 'remove' })
+  return isApiKeyRecord(record) ? record : 'not-a-record'
 }
 
 export type RejectReason = 'unknown' | 'inactive' | 'expired'

@@ -10,18 +10,19 @@ function escapeGlob (text: string): string {
 
 /**
  * Deletes every key that starts with `prefix`, in SCAN batches, on every master of a Cluster,
- * each batch under `bound` so a stalled Redis fails the clear instead of hanging it. Returns
- * how many keys were removed.
+ * each batch under `bound` so a stalled Redis fails the clear instead of hanging it, except the
+ * keys named in `keep` (as stored, client prefix included). Returns how many keys were removed.
  */
-export async function clearPrefix (redis: RedisAdapter, prefix: string, bound: Bound): Promise<number> {
+export async function clearPrefix (redis: RedisAdapter, prefix: string, bound: Bound, keep: readonly string[] = []): Promise<number> {
   // SCAN MATCH ignores the client's keyPrefix, so the pattern is the stored form of the keys.
   const pattern = escapeGlob(redis.keyPrefix + prefix) + '*'
   let removed = 0
   for (const node of redis.masters()) {
     let cursor = '0'
     do {
-      const [next, found] = await bound(() => node.scan(cursor, pattern, SCAN_BATCH))
+      const [next, scanned] = await bound(() => node.scan(cursor, pattern, SCAN_BATCH))
       cursor = next
+      const found = keep.length === 0 ? scanned : scanned.filter((key) => !keep.includes(key))
       if (found.length > 0) removed += await bound(() => node.unlink(found))
     } while (cursor !== '0')
   }
