@@ -91,8 +91,9 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   if (bus !== undefined) {
     const openBus = bus
     fastify.addHook('onClose', () => openBus.close())
-    // The first requests of a new process should be memory hits, not Redis reads.
-    if (backend === 'tiered' || credentialsBackend === 'tiered') await bus.whenTrusted(STARTUP_WAIT_MS)
+    // The first requests of a new process should be memory hits, not Redis reads, and a
+    // revocation announced once ready() resolved is heard.
+    await bus.whenTrusted(STARTUP_WAIT_MS)
   }
   const apiKeyStore = store
   fastify.addHook('onClose', () => apiKeyStore.close())

@@ -208,13 +208,16 @@ function clientSubscriber (client: NodeRedisClientLike, name: string, events: Re
   // node-redis emits 'error' for every failed attempt; unheard (as after close, when the watchers
   // above are gone), it would crash the process.
   connection.on('error', () => {})
-  // Keeps retrying with the strategy above until it connects or is closed.
-  connection.connect().catch(() => {})
+  // Keeps retrying with the strategy above until it connects or is closed. A close while it
+  // connects may come before the socket exists: the connection is then ended once it does.
+  let closed = false
+  connection.connect().then(() => { if (closed) destroyQuietly(connection) }, () => {})
   return {
     async subscribe (channels) {
       await connection.subscribe(channels, listener)
     },
     async close (timeoutMs) {
+      closed = true
       stopWatching()
       await closeBounded(connection, timeoutMs)
     }
@@ -248,7 +251,11 @@ function clusterSubscriber (cluster: NodeRedisClusterLike, name: string, events:
   const connected = new Promise<void>((resolve, reject) => {
     onClose = () => reject(new Error('fastify-auth-cache: the subscriber was closed'))
     const attempt = (retries: number): void => {
-      connection.connect().then(() => resolve(), () => {
+      connection.connect().then(() => {
+        // Closed while it connected: the nodes it just reached are let go at once.
+        if (closed) destroyQuietly(connection)
+        resolve()
+      }, () => {
         if (!closed) retry = setTimeout(() => attempt(retries + 1), reconnectStrategy(retries))
       })
     }
@@ -282,6 +289,10 @@ async function closeBounded (connection: { close (): Promise<void>, destroy (): 
   }
   await Promise.race([closing, bound])
   clearTimeout(timer)
+  destroyQuietly(connection)
+}
+
+function destroyQuietly (connection: { destroy (): void }): void {
   try {
     connection.destroy()
   } catch {

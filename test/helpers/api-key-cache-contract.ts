@@ -543,7 +543,8 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
       const b = await buildApp(t, fixture, { apiKeys: { keyPrefix } })
       await a.apiKeyCache.delete(hashApiKey(newKey()))
       await a.apiKeyCache.clear()
-      if (fixture.backend === 'tiered') {
+      // The redis backend hears the channel too (to make revocations again on a dataset that lost them).
+      if (fixture.backend !== 'memory') {
         await until('b heard both of a\'s invalidations', () => b.apiKeyCache.stats().invalidations === 2)
         // Messages reach a subscriber in order: once a hears b's, it has also seen its own.
         await b.apiKeyCache.delete(hashApiKey(newKey()))
@@ -551,7 +552,7 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
         assert.equal(a.apiKeyCache.stats().invalidations, 1)
         assert.equal(b.apiKeyCache.stats().invalidations, 2)
       } else {
-        // Without a bus there is nothing to receive: deletes reach others through Redis itself.
+        // Without Redis there is no other process to hear.
         assert.equal(a.apiKeyCache.stats().invalidations, 0)
         assert.equal(b.apiKeyCache.stats().invalidations, 0)
       }
