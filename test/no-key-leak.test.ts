@@ -274,6 +274,11 @@ async function checkNoLeak (t: TestContext, backend: Backend, header: string): P
     const hashes = new Set(looked.map(sha256))
     for (const line of stored) {
       const name = line.slice(0, line.indexOf(' '))
+      // The dataset's revision counter names no key and holds a number (docs/gray-faults.md).
+      if (name === 'apikey:~revision') {
+        assert.match(line, /^apikey:~revision string "\d+"$/)
+        continue
+      }
       const named = /^apikey:(?:\{apikey:)?([0-9a-f]{64})(?:\}:gen)?$/.exec(name)
       assert.ok(named !== null && hashes.has(named[1]), `${name} is named by the hash of a key that was looked up`)
     }
