@@ -4,7 +4,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 // but not for the type check (moduleResolution node10 has no package self-reference), and the
 // tests would then run stale compiled code; the sources are the same package.
 import fastifyAuthCache, { type BackendName } from '../lib'
-import { KeyTable, type CreatedKey } from './key-table'
+import { KeyTable, type CreatedKey, type KeyStore } from './key-table'
 import type { PrometheusMetrics } from './metrics'
 
 export const KEY_PREFIX = 'demo'
@@ -12,21 +12,24 @@ export const KEY_PREFIX = 'demo'
 /** Every scope of the example: reading keys and counters, and creating or revoking keys. */
 export const SCOPES = ['keys:read', 'keys:write'] as const
 
-export interface ExampleAppOptions {
+export interface ExampleAppOptions<K extends KeyStore = KeyTable> {
   /** Default: 'redis' when `redisUrl` is set, else 'memory'. */
   backend?: BackendName
   /** Registers @fastify/redis with this url, for the redis and tiered backends. */
   redisUrl?: string
   logger?: FastifyServerOptions['logger']
-  /** Apps given one table behave as processes sharing one database of keys. */
-  keys?: KeyTable
+  /**
+   * Where keys are kept; default a new in-memory KeyTable. Apps given one table behave as
+   * processes sharing one database of keys.
+   */
+  keys?: K
   /** Serves /metrics (Prometheus text) with this handler, and turns the plugin's metrics on. */
   metrics?: PrometheusMetrics
 }
 
-export interface ExampleApp {
+export interface ExampleApp<K extends KeyStore = KeyTable> {
   app: FastifyInstance
-  keys: KeyTable
+  keys: K
   /** Seeded at start so that the routes can be tried at once: scopes keys:read and keys:write. */
   demoKey: CreatedKey
   /** Seeded too, with keys:read only: creating or revoking keys with it answers 403. */
@@ -39,10 +42,11 @@ const keyView = {
   required: ['id', 'name']
 } as const
 
-export async function buildExampleApp (options: ExampleAppOptions = {}): Promise<ExampleApp> {
-  const keys = options.keys ?? new KeyTable(KEY_PREFIX)
-  const demoKey = keys.create('demo', [...SCOPES])
-  const readOnlyKey = keys.create('read-only', ['keys:read'])
+export async function buildExampleApp<K extends KeyStore = KeyTable> (options: ExampleAppOptions<K> = {}): Promise<ExampleApp<K>> {
+  // K is KeyTable whenever no table is given (its default).
+  const keys = options.keys ?? new KeyTable(KEY_PREFIX) as KeyStore as K
+  const demoKey = await keys.create('demo', [...SCOPES])
+  const readOnlyKey = await keys.create('read-only', ['keys:read'])
   const app = Fastify({ logger: options.logger ?? false })
 
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
@@ -50,7 +54,7 @@ export async function buildExampleApp (options: ExampleAppOptions = {}): Promise
     backend: options.backend ?? (options.redisUrl !== undefined ? 'redis' : 'memory'),
     metrics: options.metrics !== undefined,
     apiKeys: {
-      lookup: (keyHash) => keys.find(keyHash) ?? null,
+      lookup: async (keyHash) => (await keys.find(keyHash)) ?? null,
       // Junk and mistyped keys are refused before they cost a cache access or a lookup.
       format: { prefix: KEY_PREFIX },
       // Once a minute, and at shutdown: how often each key was used (ids and counts, never keys).
@@ -95,13 +99,13 @@ export async function buildExampleApp (options: ExampleAppOptions = {}): Promise
     }
   }, async (request, reply) => {
     // A new key may read unless it is given more.
-    const created = keys.create(request.body.name, request.body.scopes ?? ['keys:read'])
+    const created = await keys.create(request.body.name, request.body.scopes ?? ['keys:read'])
     request.log.info({ keyId: created.id, by: request.apiKey.id }, 'API key created')
     return reply.code(201).send(created)
   })
 
   app.delete<{ Params: { id: string } }>('/keys/:id', { config: canWrite }, async (request, reply) => {
-    const hash = keys.revoke(request.params.id)
+    const hash = await keys.revoke(request.params.id)
     if (hash === undefined) return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'No such key' })
     // The table first: a lookup racing with this delete must already read the revoked row.
     await app.apiKeyCache.delete(hash)

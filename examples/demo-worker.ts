@@ -202,6 +202,9 @@ export async function runWorker (): Promise<void> {
   const stop = (): void => {
     if (stopping) return
     stopping = true
+    // Closing the app closes its invalidation channel, which the plugin reports as trust lost:
+    // true, and expected now, so it is not said as if it were a fault.
+    serving = false
     app.close().then(() => process.exit(0), (err: unknown) => {
       say(`closing failed: ${String(err)}`)
       process.exit(1)

@@ -1,13 +1,17 @@
 import { randomBytes } from 'node:crypto'
 import { generateApiKey, type BaseApiKeyRecord } from '../lib'
 
-export interface StoredKey extends BaseApiKeyRecord {
+/** The record the example app's `lookup` answers, whichever table holds the keys. */
+export interface ExampleKeyRecord extends BaseApiKeyRecord {
   id: string
   name: string
   active: boolean
-  createdAt: number
   /** What the key may do; routes list the scopes they need. */
   scopes: string[]
+}
+
+export interface StoredKey extends ExampleKeyRecord {
+  createdAt: number
 }
 
 export interface CreatedKey {
@@ -18,10 +22,22 @@ export interface CreatedKey {
 }
 
 /**
+ * What the example app needs of a table of API keys: this in-memory KeyTable, or the
+ * PostgreSQL one of examples/postgres.ts.
+ */
+export interface KeyStore {
+  /** Stores a new key's hash and answers its plaintext, which nothing keeps. */
+  create (name: string, scopes: readonly string[]): CreatedKey | Promise<CreatedKey>
+  find (hash: string): ExampleKeyRecord | undefined | Promise<ExampleKeyRecord | undefined>
+  /** Marks the key revoked; answers its hash, for the cache, or undefined for an unknown id. */
+  revoke (id: string): string | undefined | Promise<string | undefined>
+}
+
+/**
  * Stands in for the application's database of API keys. Rows are found by the key's hash, the
  * only form in which a key is stored; ids exist so that a key can be revoked without its plaintext.
  */
-export class KeyTable {
+export class KeyTable implements KeyStore {
   private readonly byHash = new Map<string, StoredKey>()
   private readonly hashById = new Map<string, string>()
   private readonly prefix: string

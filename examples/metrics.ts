@@ -25,3 +25,36 @@ export async function startPrometheus (): Promise<PrometheusMetrics | undefined>
   api.metrics.setGlobalMeterProvider(new sdk.MeterProvider({ readers: [exporter] }))
   return { handle: (request, response) => exporter.getMetricsRequestHandler(request, response) }
 }
+
+/**
+ * `npx tsx examples/metrics.ts`: the example app with metrics on, three requests (a miss, a hit
+ * and one without a key), and the scrape Prometheus would get from /metrics, printed.
+ */
+async function printScrape (): Promise<void> {
+  const metrics = await startPrometheus()
+  if (metrics === undefined) {
+    process.stderr.write('examples/metrics.ts needs @opentelemetry/api, @opentelemetry/sdk-metrics and @opentelemetry/exporter-prometheus installed\n')
+    process.exitCode = 1
+    return
+  }
+  // Loaded here, not at the top: app.ts only needs this module's types, and importing it at the
+  // top would make every user of startPrometheus load Fastify and the plugin through it.
+  const { buildExampleApp } = await import('./app')
+  const { app, demoKey } = await buildExampleApp({ metrics })
+  try {
+    for (const headers of [{ 'x-api-key': demoKey.key }, { 'x-api-key': demoKey.key }, {}]) {
+      await app.inject({ method: 'GET', url: '/whoami', headers })
+    }
+    const scrape = await app.inject({ method: 'GET', url: '/metrics' })
+    process.stdout.write(`GET /metrics after a miss, a hit and a request without a key (${scrape.statusCode}):\n\n${scrape.body}`)
+  } finally {
+    await app.close()
+  }
+}
+
+if (require.main === module) {
+  printScrape().catch((err: unknown) => {
+    console.error(err)
+    process.exit(1)
+  })
+}

@@ -1,12 +1,25 @@
 import type { AddressInfo } from 'node:net'
-import { buildExampleApp } from './app'
+import { buildExampleApp, KEY_PREFIX } from './app'
 import { startPrometheus } from './metrics'
-import type { CreatedKey } from './key-table'
+import { PostgresKeyTable } from './postgres'
+import type { CreatedKey, KeyStore } from './key-table'
 import type { BackendName } from '../lib'
 
 const host = process.env.HOST ?? '127.0.0.1'
 const port = Number(process.env.PORT ?? 3000)
 const redisUrl = process.env.REDIS_URL === '' ? undefined : process.env.REDIS_URL
+const databaseUrl = process.env.DATABASE_URL === '' ? undefined : process.env.DATABASE_URL
+
+/** For the banner: where the keys are, without a password the URL may hold. */
+function describeDatabase (url: string): string {
+  try {
+    const parsed = new URL(url)
+    parsed.password = ''
+    return `PostgreSQL at ${parsed.href} (DATABASE_URL), table api_keys`
+  } catch {
+    return 'PostgreSQL (DATABASE_URL), table api_keys'
+  }
+}
 
 /** A URL curl can reach: a wildcard listen address is reached through loopback. */
 function baseUrl (address: AddressInfo): string {
@@ -38,12 +51,21 @@ function curlLines (base: string, demo: CreatedKey, readOnly: CreatedKey): strin
 }
 
 async function main (): Promise<void> {
+  // Without DATABASE_URL the keys live in process memory, and nothing needs setting up.
+  const database = databaseUrl === undefined
+    ? undefined
+    : await PostgresKeyTable.open(databaseUrl, KEY_PREFIX).catch((err: Error) => {
+      throw new Error(`Cannot use ${describeDatabase(databaseUrl)}: ${err.message}. Start PostgreSQL, or unset DATABASE_URL to keep the keys in memory.`, { cause: err })
+    })
+  const keys: KeyStore | undefined = database
   const { app, demoKey, readOnlyKey } = await buildExampleApp({
+    keys,
     metrics: await startPrometheus(),
     redisUrl,
     backend: redisUrl !== undefined ? (process.env.BACKEND as BackendName | undefined) : undefined,
     logger: { level: 'info' }
   })
+  if (database !== undefined) app.addHook('onClose', () => database.close())
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
       app.close().then(() => process.exit(0), () => process.exit(1))
@@ -53,7 +75,7 @@ async function main (): Promise<void> {
   // Printed for the person at the terminal, never through the logger: log lines get shipped
   // and kept, and these keys are throwaways made for this run only.
   const base = baseUrl(app.server.address() as AddressInfo)
-  process.stdout.write(`\nfastify-auth-cache example, backend "${app.apiKeyCache.backend}". Try:\n\n${curlLines(base, demoKey, readOnlyKey).join('\n')}\n\n`)
+  process.stdout.write(`\nfastify-auth-cache example, backend "${app.apiKeyCache.backend}", keys in ${databaseUrl === undefined ? 'process memory' : describeDatabase(databaseUrl)}. Try:\n\n${curlLines(base, demoKey, readOnlyKey).join('\n')}\n\n`)
 }
 
 main().catch((err: unknown) => {
