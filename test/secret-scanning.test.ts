@@ -217,6 +217,7 @@ describe('reports signed with a key given through publicKeys', () => {
     assert.ok(Buffer.byteLength(huge) > 1024 * 1024)
     const tooBig = await post(app, huge)
     assert.equal(tooBig.statusCode, 413)
+    assert.equal(tooBig.json().code, 'FST_ERR_CTP_BODY_TOO_LARGE')
 
     // The app's own routes keep the app's limit.
     const bigEcho = await app.inject({ method: 'POST', url: '/echo', headers: { 'x-api-key': leaked.key, 'content-type': 'application/json' }, payload: huge })

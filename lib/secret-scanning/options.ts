@@ -11,7 +11,7 @@ export interface LeakedApiKey {
   record: ApiKeyRecord
   /** Where GitHub found the key (a URL of the commit, issue, gist...), as GitHub reported it. */
   url: string | undefined
-  /** What kind of place GitHub found it in ('content', 'commit', 'pull_request'...), as GitHub reported it. */
+  /** What kind of place GitHub found it in ('content', 'commit'...), as GitHub reported it. */
   source: string | undefined
 }
 
