@@ -48,3 +48,21 @@ export const CredentialsLockLostError = createError<[string]>(
 
 export const CredentialsRefreshFailedError = createError<[string]>(
   'FST_CREDENTIALS_REFRESH_FAILED', 'Refreshing credentials "%s" failed', 500)
+
+/** secretScanning: a report without a valid GitHub signature; nothing in it was acted on. */
+export const SecretScanningSignatureError = createError<[]>(
+  'FST_SECRET_SCANNING_SIGNATURE_INVALID', 'Missing or invalid GitHub secret scanning signature', 401, Error, NO_STACK)
+
+/** secretScanning: GitHub's public keys could not be fetched in time, so the signature could not be checked. */
+export const SecretScanningKeysUnavailableError = createError<[]>(
+  'FST_SECRET_SCANNING_KEYS_UNAVAILABLE', 'GitHub secret scanning public keys are unavailable, try again later', 503, Error, NO_STACK)
+
+export const SecretScanningBadReportError = createError<[string]>(
+  'FST_SECRET_SCANNING_BAD_REPORT', 'Secret scanning report %s', 400, Error, NO_STACK)
+
+export const SecretScanningTooManyTokensError = createError<[number]>(
+  'FST_SECRET_SCANNING_TOO_MANY_TOKENS', 'A secret scanning report holds at most %d tokens', 413, Error, NO_STACK)
+
+/** secretScanning: the user's onLeak failed; the key was still dropped from the cache, and GitHub retries. */
+export const SecretScanningOnLeakFailedError = createError<[]>(
+  'FST_SECRET_SCANNING_ON_LEAK_FAILED', 'Revoking a leaked API key failed, try again later', 500, Error, NO_STACK)

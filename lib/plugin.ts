@@ -21,6 +21,7 @@ import { resolveOptions, type FastifyAuthCacheOptions, type ResolvedOptions } fr
 import { adaptRedis } from './redis/adapt'
 import type { RedisAdapter } from './redis/client'
 import { RedisGuard } from './redis/guard'
+import { MAIN_PLUGIN_HANDOFF, type MainPluginHandoff } from './secret-scanning/handoff'
 import { createTelemetry } from './telemetry'
 import { UsageRecorder } from './usage/usage-recorder'
 
@@ -122,6 +123,7 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     usage
   })
   fastify.decorate('verifyApiKey', authenticator.verify)
+  fastify.decorate(MAIN_PLUGIN_HANDOFF, { lookup: apiKeys.lookup, lookupTimeoutMs: apiKeys.lookupTimeoutMs, formatPrefix: apiKeys.format?.prefix } satisfies MainPluginHandoff)
   if (apiKeys.hook) fastify.addHook('onRequest', authenticator.hook)
 
   const credentialBus = credentialsBackend === 'tiered' ? bus : undefined
