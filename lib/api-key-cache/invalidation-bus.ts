@@ -10,6 +10,8 @@ import type { RedisGuard } from '../redis/guard'
  * and acted on by every other process (each ignores its own):
  * - `d:<instance>:<keyHash>`: an API key's entry was deleted;
  * - `c:<instance>`: the API-key prefix was cleared;
+ * - `o:<instance>:<ownerId>`: every API-key entry whose record has that `ownerId` was deleted
+ *   (the owner id is the rest of the message, colons included);
  * - `k:<instance>:<storage key>`: a credential was saved, updated or cleared.
  *
  * Pub/sub drops what is published while a subscriber is away, so the bus is trusted only while
@@ -22,17 +24,17 @@ import type { RedisGuard } from '../redis/guard'
  * Redis does not grow with the number of processes.
  */
 
-export type InvalidationKind = 'delete' | 'clear' | 'credential'
+export type InvalidationKind = 'delete' | 'clear' | 'owner' | 'credential'
 
 export interface InvalidationMessage {
   kind: InvalidationKind
   instance: string
-  /** The key hash of a delete, the storage key of a credential. */
+  /** The key hash of a delete, the owner id of an owner's deletion, the storage key of a credential. */
   payload?: string
 }
 
-const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c', credential: 'k' }
-const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear', k: 'credential' }
+const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c', owner: 'o', credential: 'k' }
+const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear', o: 'owner', k: 'credential' }
 
 export function encodeMessage (message: InvalidationMessage): string {
   const head = `${CODES[message.kind]}:${message.instance}`

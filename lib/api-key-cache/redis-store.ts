@@ -5,6 +5,7 @@ import { isApiKeyRecord } from '../api-keys/record'
 import { RevocationNotReplicatedError } from '../errors'
 import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
+import { deleteOwnerEntries } from '../redis/delete-owner'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { BEGIN_RENEWAL, claimOf, DELETE_RECORD, slotSibling, FILL_RECORD, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD } from '../redis/scripts'
@@ -42,6 +43,8 @@ export interface Announcer {
   channel: string
   deleted (keyHash: string): string
   cleared (): string
+  /** The message of a deleteOwner; without it, none is sent. */
+  ownerDeleted? (ownerId: string): string
 }
 
 export interface RedisStoreOptions {
@@ -226,6 +229,26 @@ export class RedisApiKeyStore implements ApiKeyStore {
     await this.#clearOnce()
   }
 
+  /**
+   * Removes every entry whose record has this `ownerId`, and every fill claim, on every master
+   * (see delete-owner.ts), then announces it with one message. Like `delete`: where a master has
+   * a replica, each deletion waits for it or this rejects; kept to be made again after a reconnection.
+   */
+  async deleteOwner (ownerId: string): Promise<void> {
+    this.#revocations.ownerDeleted(ownerId)
+    this.#invalidated(undefined)
+    await this.#deleteOwnerOnce(ownerId)
+  }
+
+  async #deleteOwnerOnce (ownerId: string): Promise<void> {
+    await deleteOwnerEntries({ redis: this.#redis, prefix: this.#prefix, ownerId, bound: this.#guard.offPath, replicaAckMs: REPLICA_ACK_MS })
+    const announcer = this.#announcer
+    if (announcer?.ownerDeleted !== undefined) {
+      const message = announcer.ownerDeleted(ownerId)
+      await this.#guard.offPath(() => this.#redis.publish(announcer.channel, message))
+    }
+  }
+
   #deleteArgs (keyHash: string): string[] {
     return this.#announcer === undefined ? ['', ''] : [this.#announcer.channel, this.#announcer.deleted(keyHash)]
   }
@@ -247,7 +270,9 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.#log.info({ revocations: pending.length }, 'fastify-auth-cache: Redis connection is back; making recent revocations again')
     try {
       await Promise.all(pending.map((revocation) =>
-        revocation.kind === 'clear' ? this.#clearOnce() : this.#deleteOnce(revocation.keyHash)))
+        revocation.kind === 'clear'
+          ? this.#clearOnce()
+          : revocation.kind === 'owner' ? this.#deleteOwnerOnce(revocation.ownerId) : this.#deleteOnce(revocation.keyHash)))
     } catch (err) {
       // The next reconnection tries again; until then the contract's fault bound applies.
       this.#log.warn({ err }, 'fastify-auth-cache: replaying recent revocations failed')

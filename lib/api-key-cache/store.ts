@@ -67,6 +67,12 @@ export interface ApiKeyStore {
   delete (keyHash: string): Promise<void>
   clear (): Promise<void>
   /**
+   * Removes every entry whose record has this `ownerId`, in memory and in the shared store, and
+   * voids every fill ticket taken before (whose answer's owner is unknown until it answers).
+   * Tells the listener `undefined`: loads in flight may be the owner's, whatever their key.
+   */
+  deleteOwner (ownerId: string): Promise<void>
+  /**
    * Whether every revocation this process must honour reaches `onInvalidate` (memory: all are
    * made here; tiered: the bus brings the others). The plain Redis backend hears only its own.
    */
