@@ -34,7 +34,12 @@ async function run (invocation: Extract<Invocation, { command: 'run' }>): Promis
   try {
     return await revoke(connection.redis, invocation.prefix, revocation)
   } catch (err) {
-    throw new RedisFailure(`the revocation failed, and may not have reached every process: ${(err as Error).message}`)
+    const message = (err as Error).message
+    // Redis says NOPERM for a command, and something else for a PUBLISH inside a script.
+    const hint = /NOPERM|can't publish|no permissions/i.test(message)
+      ? ` (the ACL user needs the keys ~${invocation.prefix}* and the channels &fastify-auth-cache:*)`
+      : ''
+    throw new RedisFailure(`the revocation failed, and may not have reached every process: ${message}${hint}`)
   } finally {
     await connection.close()
   }
