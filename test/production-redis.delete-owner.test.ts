@@ -11,17 +11,22 @@
  *
  * Full Redis (noeviction, maxmemory reached): writes are refused but deletes allowed, so
  * deleteOwner still resolves and revokes everywhere, and valid keys keep authenticating.
+ *
+ * A restart from a snapshot older than deleteOwner brings the owner's records back into Redis:
+ * the app that called it makes it again once reconnected, so every app refuses them within the
+ * fault bound of Redis being back.
  */
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { record } from './helpers/key-source'
 import {
-  HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, RevocationLedger, SHARED_BACKENDS, startPair, type Answer
+  FAULT_BOUND_MS, HEALTHY_BOUND_MS, inParallel, newTestKey, now, request, RevocationLedger, SHARED_BACKENDS, startPair, type Answer
 } from './helpers/production-redis'
 import { usePrivateRedis } from './helpers/redis-server'
 import {
-  appClient, assertWritesRefused, evictedKeys, fillUntilRefused, startEvictingRedis, startFiller, startNoEvictionRedis, type Filler
+  appClient, assertWritesRefused, evictedKeys, fillUntilRefused, restartFromSnapshot, saveSnapshot, startEvictingRedis, startFiller,
+  startNoEvictionRedis, type Filler
 } from './helpers/redis-topologies'
 import { sleepUntil } from './helpers/wait'
 
@@ -134,6 +139,48 @@ describe('deleteOwner on a full Redis: maxmemory 8mb reached, noeviction', () =>
       t.diagnostic(ledger.summary())
       ledger.assertClean(`${backend}: deleteOwner on a full Redis`)
       await assertWritesRefused(redis.admin)
+    })
+  }
+})
+
+describe('deleteOwner, then a restart of Redis from a snapshot taken before it', () => {
+  const redis = usePrivateRedis()
+
+  for (const backend of SHARED_BACKENDS) {
+    test(`${backend}: the owner's keys are refused by every app within ${FAULT_BOUND_MS} ms of Redis being back`, { timeout: 60_000 }, async (t) => {
+      const ledger = new RevocationLedger()
+      const { source, a, b, pair } = await startPair(t, backend, () => appClient(redis.server.connectionOptions()))
+      const owned = [newTestKey('snap'), newTestKey('snap'), newTestKey('snap')]
+      const kept = newTestKey('snap')
+      for (const [i, { hash }] of owned.entries()) source.answer(hash, record(`owned-${i}`, { ownerId: 'snapshot-owner' }))
+      source.answer(kept.hash, record('kept', { ownerId: 'snapshot-other' }))
+      ledger.markValid(kept.key)
+      for (const { key } of [...owned, kept]) for (const app of pair) assert.equal((await request(app, key)).status, 200)
+      await saveSnapshot(redis.admin)
+
+      for (const { hash } of owned) source.answer(hash, null)
+      await a.app.apiKeyCache.deleteOwner('snapshot-owner')
+      const resolvedAt = now()
+      for (const { key } of owned) {
+        ledger.markRevoked(key, resolvedAt, 0, 'before the restart')
+        await ledger.check(a, key)
+      }
+      await sleepUntil(resolvedAt + HEALTHY_BOUND_MS)
+      for (const { key } of owned) {
+        ledger.markRevoked(key, resolvedAt, HEALTHY_BOUND_MS, 'before the restart')
+        await ledger.check(b, key)
+      }
+
+      await restartFromSnapshot(redis.server)
+      const backAt = now()
+      for (const { key } of owned) ledger.markRevoked(key, backAt, FAULT_BOUND_MS, 'restored by the snapshot')
+      const until = backAt + FAULT_BOUND_MS + 3000
+      while (now() < until) {
+        for (const app of pair) for (const { key } of [...owned, kept]) await ledger.check(app, key)
+        await sleep(20)
+      }
+      t.diagnostic(ledger.summary())
+      ledger.assertClean(`${backend}: deleteOwner after a restart from an older snapshot`)
     })
   }
 })
