@@ -12,6 +12,10 @@
  * Full Redis (noeviction, maxmemory reached): writes are refused but deletes allowed, so
  * deleteOwner still resolves and revokes everywhere, and valid keys keep authenticating.
  *
+ * On a Sentinel-managed master (which has a replica), deleteOwner resolves only once the replica
+ * has the deletions, and rejects with FST_AUTH_CACHE_NOT_REPLICATED when the replica cannot
+ * acknowledge them, so that the caller retries.
+ *
  * A restart from a snapshot older than deleteOwner brings the owner's records back into Redis:
  * the app that called it makes it again once reconnected, so every app refuses them within the
  * fault bound of Redis being back.
@@ -25,8 +29,8 @@ import {
 } from './helpers/production-redis'
 import { usePrivateRedis } from './helpers/redis-server'
 import {
-  appClient, assertWritesRefused, evictedKeys, fillUntilRefused, restartFromSnapshot, saveSnapshot, startEvictingRedis, startFiller,
-  startNoEvictionRedis, type Filler
+  appClient, assertWritesRefused, evictedKeys, fillUntilRefused, restartFromSnapshot, saveSnapshot, SentinelTopology, startEvictingRedis,
+  startFiller, startNoEvictionRedis, type Filler
 } from './helpers/redis-topologies'
 import { sleepUntil } from './helpers/wait'
 
@@ -183,4 +187,39 @@ describe('deleteOwner, then a restart of Redis from a snapshot taken before it',
       ledger.assertClean(`${backend}: deleteOwner after a restart from an older snapshot`)
     })
   }
+})
+
+describe('deleteOwner on a Sentinel-managed master with a replica', () => {
+  let topology: SentinelTopology
+  before(async () => {
+    topology = await new SentinelTopology().start()
+  })
+  after(async () => {
+    await topology?.destroy()
+  })
+
+  test('resolves once the replica has the deletions; rejects with FST_AUTH_CACHE_NOT_REPLICATED when the replica cannot acknowledge', { timeout: 120_000 }, async (t) => {
+    const { source, a, pair } = await startPair(t, 'tiered', () => topology.client())
+    const replica = topology.directClient(await topology.replicaPort())
+    const owned = [newTestKey('sentinel'), newTestKey('sentinel'), newTestKey('sentinel')]
+    for (const [i, { hash }] of owned.entries()) source.answer(hash, record(`owned-${i}`, { ownerId: 'replicated-owner' }))
+    for (const app of pair) for (const { key } of owned) assert.equal((await request(app, key)).status, 200)
+    for (const { hash } of owned) assert.equal(await replica.exists(`apikey:${hash}`), 1, 'the replica holds the cached record')
+
+    for (const { hash } of owned) source.answer(hash, null)
+    await a.app.apiKeyCache.deleteOwner('replicated-owner')
+    for (const { hash } of owned) assert.equal(await replica.exists(`apikey:${hash}`), 0, 'the replica had the deletion when deleteOwner resolved')
+    for (const app of pair) for (const { key } of owned) assert.equal((await request(app, key)).status, 401)
+
+    const stranded = newTestKey('sentinel')
+    source.answer(stranded.hash, record('stranded', { ownerId: 'unreplicated-owner' }))
+    for (const app of pair) assert.equal((await request(app, stranded.key)).status, 200)
+    const replicaPid = topology.server(await topology.replicaPort()).pid!
+    process.kill(replicaPid, 'SIGSTOP')
+    try {
+      await assert.rejects(a.app.apiKeyCache.deleteOwner('unreplicated-owner'), { code: 'FST_AUTH_CACHE_NOT_REPLICATED' })
+    } finally {
+      process.kill(replicaPid, 'SIGCONT')
+    }
+  })
 })
