@@ -6,6 +6,7 @@ import type { Bound } from './guard'
 import { DELETE_OWNER_ENTRIES } from './scripts'
 
 const SCAN_BATCH = 500
+const BATCHES_IN_FLIGHT = 4
 // A larger value under the prefix is not a record the plugin reads (see redis-store.ts).
 const MAX_VALUE_LENGTH = 1 << 20
 
@@ -66,24 +67,42 @@ export async function deleteOwnerEntries (options: DeleteOwnerOptions): Promise<
     return counts.reduce((sum, count) => sum + count, 0)
   }
 
-  for (const node of redis.masters()) {
-    let cursor = '0'
-    do {
-      const [next, found] = await bound(() => node.scan(cursor, pattern, SCAN_BATCH))
-      cursor = next
-      if (found.length === 0) continue
-      if (bySlot) {
-        deleted += await runBySlot(found)
-        continue
-      }
-      try {
-        deleted += await run(found.map((storedKey) => storedKey.slice(clientPrefix.length)))
-      } catch (err) {
-        if (!/CROSSSLOT|same slot/i.test((err as Error).message)) throw err
-        bySlot = true
-        deleted += await runBySlot(found)
-      }
-    } while (cursor !== '0')
+  async function judge (found: string[]): Promise<number> {
+    if (bySlot) return await runBySlot(found)
+    try {
+      return await run(found.map((storedKey) => storedKey.slice(clientPrefix.length)))
+    } catch (err) {
+      if (!/CROSSSLOT|same slot/i.test((err as Error).message)) throw err
+      bySlot = true
+      return await runBySlot(found)
+    }
   }
+
+  // The scan goes on while earlier batches are judged, a few at a time.
+  const inFlight: Array<Promise<number>> = []
+  let failure: unknown
+  const settle = async (batch: Promise<number>): Promise<void> => {
+    try {
+      deleted += await batch
+    } catch (err) {
+      failure ??= err
+    }
+  }
+  try {
+    for (const node of redis.masters()) {
+      let cursor = '0'
+      do {
+        const [next, found] = await bound(() => node.scan(cursor, pattern, SCAN_BATCH))
+        cursor = next
+        if (found.length > 0) inFlight.push(judge(found))
+        if (inFlight.length >= BATCHES_IN_FLIGHT) await settle(inFlight.shift()!)
+        if (failure !== undefined) throw failure
+      } while (cursor !== '0')
+    }
+  } finally {
+    // Never leave a batch's rejection unobserved, even when the scan failed.
+    for (const batch of inFlight.splice(0)) await settle(batch)
+  }
+  if (failure !== undefined) throw failure
   return deleted
 }
