@@ -14,7 +14,7 @@ const lookupChannel = diagnostics.channel('fastify-auth-cache:lookup')
 
 /** How a request's authentication ended; hit, miss and stale are accepted requests. */
 export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed'
-export type InvalidationEvent = 'delete' | 'clear' | 'trust-lost' | 'trust-regained'
+export type InvalidationEvent = 'delete' | 'clear' | 'owner' | 'trust-lost' | 'trust-regained'
 
 interface Instruments {
   requests: { add (value: number, attributes: Record<string, string>): void }

@@ -19,6 +19,12 @@ export interface ApiKeyCache {
   delete (keyHash: string): Promise<void>
   /** Drops every entry of this prefix, and nothing else. */
   clear (): Promise<void>
+  /**
+   * Every process sharing the backend stops using the cached entries whose record has this
+   * `ownerId` (other owners' entries stay cached); a lookup in flight cannot restore one.
+   * One message whatever the owner's number of keys, and no index to keep.
+   */
+  deleteOwner (ownerId: string): Promise<void>
   /** Counters since start. */
   stats (): ApiKeyCacheStats
 }
@@ -51,6 +57,13 @@ export function createApiKeyCache (store: ApiKeyStore, counters: Counters): ApiK
 
     delete: (keyHash) => store.delete(keyHash),
     clear: () => store.clear(),
+
+    async deleteOwner (ownerId) {
+      if (typeof ownerId !== 'string' || ownerId.length === 0) {
+        throw new InvalidOptionError('ownerId', 'must be a non-empty string')
+      }
+      await store.deleteOwner(ownerId)
+    },
 
     stats () {
       return { ...counters, invalidations: store.invalidationsReceived, rejections: { ...counters.rejections } }

@@ -11,9 +11,11 @@ import type { RedisGuard } from '../redis/guard'
  * something and acted on by every other process (each ignores its own):
  * - `d:<instance>:<revision>:<keyHash>`: an API key's entry was deleted;
  * - `c:<instance>:<revision>`: the API-key prefix was cleared;
+ * - `o:<instance>:<revision>:<ownerId>`: every API-key entry whose record has that `ownerId` was
+ *   deleted (the owner id is the rest of the message, colons included);
  * - `k:<instance>:0:<storage key>`: a credential was saved, updated or cleared.
- * `<revision>` is the value of the dataset's revision counter that the revocation set in the
- * same script (see dataset-revision.ts), or 0 when unknown.
+ * `<revision>` is the value of the dataset's revision counter that the revocation set (see
+ * dataset-revision.ts), or 0 when unknown.
  *
  * Pub/sub drops what is published while a subscriber is away, and a live connection may deliver
  * late, so process memory is trusted only while the bus can show that it hears the channel
@@ -27,19 +29,19 @@ import type { RedisGuard } from '../redis/guard'
  * Redis does not grow with the number of processes.
  */
 
-export type InvalidationKind = 'delete' | 'clear' | 'credential'
+export type InvalidationKind = 'delete' | 'clear' | 'owner' | 'credential'
 
 export interface InvalidationMessage {
   kind: InvalidationKind
   instance: string
-  /** The dataset revision the change set; 0 when unknown. */
+ /** The dataset revision the change set; 0 when unknown. */
   revision: number
-  /** The key hash of a delete, the storage key of a credential. */
+  /** The key hash of a delete, the owner id of an owner's deletion, the storage key of a credential. */
   payload?: string
 }
 
-const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c', credential: 'k' }
-const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear', k: 'credential' }
+const CODES: Record<InvalidationKind, string> = { delete: 'd', clear: 'c', owner: 'o', credential: 'k' }
+const KINDS: Record<string, InvalidationKind> = { d: 'delete', c: 'clear', o: 'owner', k: 'credential' }
 const REVISION = /^(0|[1-9][0-9]{0,15})$/
 
 /** The text of a message, up to its revision, and after it: a script puts the revision between them. */

@@ -4,7 +4,7 @@ import { SecondChanceCache } from './second-chance-cache'
 import { UNKNOWN_KEY, type CachedAnswer, type UnknownKey } from './store'
 
 /** What process memory looked like when a miss began; a later fill is checked against it. */
-export interface LocalTicket { flushes: number, removals: number, takenAt: number }
+export interface LocalTicket { flushes: number, removals: number, ownerRemovals: number, takenAt: number }
 
 /**
  * Answers in process memory, synchronous: the memory backend and the tiered backend's first
@@ -25,6 +25,9 @@ export class LocalAnswers {
   readonly #staleMs: number
   #flushes = 0
   #removals = 0
+  // Bumped by each removal of an owner's entries: a ticket taken before it may be filling one of
+  // them, and which owner a lookup in flight will answer is unknown until it answers.
+  #ownerRemovals = 0
   readonly #removedAt = new Map<string, { removal: number, at: number }>()
 
   constructor (max: number, staleMs = 0) {
@@ -79,6 +82,15 @@ export class LocalAnswers {
     this.#stale?.delete(keyHash)
   }
 
+  /** Drops every record (fresh or stale) whose `ownerId` is `ownerId`, and voids every ticket taken before. */
+  removeOwner (ownerId: string): void {
+    this.#ownerRemovals++
+    // Only the record's own property counts, never an inherited one.
+    const owned = (record: ApiKeyRecord): boolean => Object.hasOwn(record, 'ownerId') && record.ownerId === ownerId
+    this.#records.deleteWhere(owned)
+    this.#stale?.deleteWhere(owned)
+  }
+
   flush (): void {
     this.#flushes++
     this.#removedAt.clear()
@@ -88,12 +100,12 @@ export class LocalAnswers {
   }
 
   ticket (): LocalTicket {
-    return { flushes: this.#flushes, removals: this.#removals, takenAt: performance.now() }
+    return { flushes: this.#flushes, removals: this.#removals, ownerRemovals: this.#ownerRemovals, takenAt: performance.now() }
   }
 
   /** Whether nothing invalidated `keyHash` since `ticket` was taken. */
   accepts (keyHash: string, ticket: LocalTicket): boolean {
-    if (ticket.flushes !== this.#flushes || performance.now() - ticket.takenAt > FILL_WINDOW_MS) return false
+    if (ticket.flushes !== this.#flushes || ticket.ownerRemovals !== this.#ownerRemovals || performance.now() - ticket.takenAt > FILL_WINDOW_MS) return false
     const removed = this.#removedAt.get(keyHash)
     return removed === undefined || removed.removal <= ticket.removals
   }

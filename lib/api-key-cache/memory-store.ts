@@ -39,6 +39,11 @@ export function createMemoryStore (max: number, staleMs: number): ApiKeyStore {
       invalidated(keyHash)
       return Promise.resolve()
     },
+    deleteOwner (ownerId) {
+      local.removeOwner(ownerId)
+      invalidated(undefined)
+      return Promise.resolve()
+    },
     clear () {
       local.flush()
       invalidated(undefined)

@@ -5,6 +5,7 @@ import { isApiKeyRecord } from '../api-keys/record'
 import { RevocationNotReplicatedError } from '../errors'
 import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
+import { deleteOwnerEntries } from '../redis/delete-owner'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { BEGIN_RENEWAL, claimOf, COUNT_AND_ANNOUNCE, DELETE_COUNTED, DELETE_RECORD, FILL_RECORD, RAISE_REVISION, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD, slotSibling } from '../redis/scripts'
@@ -128,6 +129,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
     options.bus?.listen({
       invalidated: (message) => {
         if (message.kind === 'delete') this.#heard.deleted(message.payload!)
+        else if (message.kind === 'owner') this.#heard.ownerDeleted(message.payload!)
         else if (message.kind === 'clear') this.#heard.cleared()
         else return
         this.#revision.seen(message.revision)
@@ -272,6 +274,23 @@ export class RedisApiKeyStore implements ApiKeyStore {
     await this.#clearOnce()
   }
 
+  /**
+   * Removes every entry whose record has this `ownerId`, and every fill claim, on every master
+   * (see delete-owner.ts), then announces it with one message. Like `delete`: where a master has
+   * a replica, each deletion waits for it or this rejects; kept to be made again on a dataset
+   * that lost it.
+   */
+  async deleteOwner (ownerId: string): Promise<void> {
+    this.#revocations.ownerDeleted(ownerId)
+    this.#invalidated(undefined)
+    await this.#deleteOwnerOnce(ownerId)
+  }
+
+  async #deleteOwnerOnce (ownerId: string): Promise<void> {
+    await deleteOwnerEntries({ redis: this.#redis, prefix: this.#prefix, ownerId, bound: this.#guard.offPath, replicaAckMs: REPLICA_ACK_MS })
+    await this.#announceCounted('owner', ownerId)
+  }
+
   /** The delete script for the key: on a single dataset it also counts the revision. */
   #deleteCall (keyHash: string): [typeof DELETE_RECORD, string[], string[]] {
     const [channel, head, tail] = this.#announcement('delete', keyHash)
@@ -292,7 +311,12 @@ export class RedisApiKeyStore implements ApiKeyStore {
 
   async #clearOnce (): Promise<void> {
     await clearPrefix(this.#redis, this.#prefix, this.#guard.offPath, [this.#redisKeyOf(this.#revisionKey)])
-    const [channel, head, tail] = this.#announcement('clear')
+    await this.#announceCounted('clear')
+  }
+
+  /** Announces a revocation made by several commands (a clear, an owner's deletion), counting it on a single dataset. */
+  async #announceCounted (kind: 'clear' | 'owner', payload?: string): Promise<void> {
+    const [channel, head, tail] = this.#announcement(kind, payload)
     if (channel === '') return
     if (this.#redis.cluster) {
       await this.#guard.offPath(() => this.#redis.publish(channel, `${head}0${tail}`))
@@ -349,7 +373,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
       const clear = pending.find((revocation) => revocation.kind === 'clear')
       await Promise.all(clear !== undefined
         ? [this.#clearOnce()]
-        : pending.map((revocation) => revocation.kind === 'delete' ? this.#deleteOnce(revocation.keyHash) : undefined))
+        : pending.map((revocation) => revocation.kind === 'owner' ? this.#deleteOwnerOnce(revocation.ownerId) : this.#deleteOnce((revocation as { keyHash: string }).keyHash)))
       if (!this.#redis.cluster && this.#revision.highest > 0) {
         await this.#guard.offPath(() => this.#redis.run(RAISE_REVISION, [this.#revisionKey], [this.#revision.highest]))
       }

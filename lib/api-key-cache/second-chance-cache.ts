@@ -69,6 +69,11 @@ export class SecondChanceCache<V> {
     this.#entries.clear()
   }
 
+  /** Drops every entry whose value `matches`; a walk over all entries, for rare bulk removals. */
+  deleteWhere (matches: (value: V) => boolean): void {
+    for (const [key, entry] of this.#entries) if (matches(entry.value)) this.#entries.delete(key)
+  }
+
   /** Milliseconds left to `key`'s entry; 0 when there is none. */
   remainingMs (key: string): number {
     const entry = this.#entries.get(key)

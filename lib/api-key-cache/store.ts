@@ -67,6 +67,12 @@ export interface ApiKeyStore {
   delete (keyHash: string): Promise<void>
   clear (): Promise<void>
   /**
+   * Removes every entry whose record has this `ownerId`, in memory and in the shared store, and
+   * voids every fill ticket taken before (whose answer's owner is unknown until it answers).
+   * Tells the listener `undefined`: loads in flight may be the owner's, whatever their key.
+   */
+  deleteOwner (ownerId: string): Promise<void>
+  /**
    * A token that stays the same while every revocation this process must honour reaches
    * `onInvalidate` without a break (memory: all are made here; tiered: while the bus is
    * trusted); undefined while they may not. The plain Redis backend hears only its own.

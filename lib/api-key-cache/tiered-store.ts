@@ -40,10 +40,20 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
     local.flush()
     invalidated(undefined)
   }
+  // An owner's entries go; loads in flight for any key may be the owner's, so they all go too.
+  function removeOwner (ownerId: string): void {
+    local.removeOwner(ownerId)
+    invalidated(undefined)
+  }
   const { bus } = options
   bus.listen({
     invalidated (message) {
       if (message.kind === 'credential') return
+      if (message.kind === 'owner') {
+        removeOwner(message.payload!)
+        options.telemetry.invalidated('owner')
+        return
+      }
       if (message.kind === 'delete') remove(message.payload!)
       else flush()
       options.telemetry.invalidated(message.kind, message.payload)
@@ -138,6 +148,16 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
       } finally {
         // A read in this process between the two steps may have copied the old L2 value.
         remove(keyHash)
+      }
+    },
+
+    async deleteOwner (ownerId) {
+      removeOwner(ownerId)
+      try {
+        await l2.deleteOwner(ownerId)
+      } finally {
+        // A read in this process meanwhile may have copied one of the owner's records from L2.
+        removeOwner(ownerId)
       }
     },
 

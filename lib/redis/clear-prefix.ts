@@ -4,7 +4,7 @@ import type { Bound } from './guard'
 const SCAN_BATCH = 500
 
 /** Escapes the glob characters of SCAN MATCH so a prefix matches only itself. */
-function escapeGlob (text: string): string {
+export function escapeGlob (text: string): string {
   return text.replace(/[*?[\]\\^-]/g, '\\$&')
 }
 

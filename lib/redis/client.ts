@@ -6,6 +6,7 @@
 /** A Lua script with a stable name; adapters may cache it by SHA and fall back to EVAL. */
 export interface RedisScript {
   readonly name: string
+  /** How many keys it takes; -1 for as many as each call gives. */
   readonly keys: number
   readonly lua: string
 }

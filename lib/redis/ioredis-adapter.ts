@@ -16,7 +16,7 @@ interface IoredisLike {
   unlink (...keys: string[]): Promise<number>
   scan (cursor: string, ...args: unknown[]): Promise<[string, string[]]>
   publish (channel: string, message: string): Promise<number>
-  defineCommand (name: string, definition: { numberOfKeys: number, lua: string }): void
+  defineCommand (name: string, definition: { numberOfKeys?: number, lua: string }): void
   duplicate (...args: unknown[]): IoredisLike
   pipeline (): { exec (): Promise<Array<[Error | null, unknown]> | null>, [command: string]: any }
   on (event: string, listener: (...args: any[]) => void): unknown
@@ -45,8 +45,14 @@ function prefixOf (client: IoredisLike): string {
 /** ioredis runs a defined command by EVALSHA and falls back to EVAL when the script is not loaded. */
 function define (client: IoredisLike, script: RedisScript): string {
   const name = `fastifyAuthCache_${script.name}`
-  if (typeof client[name] !== 'function') client.defineCommand(name, { numberOfKeys: script.keys, lua: script.lua })
+  // Without numberOfKeys, ioredis takes the key count as the command's first argument.
+  if (typeof client[name] !== 'function') client.defineCommand(name, { numberOfKeys: script.keys < 0 ? undefined : script.keys, lua: script.lua })
   return name
+}
+
+/** The arguments of a defined command: a script of any number of keys is told their count first. */
+function scriptArgs (script: RedisScript, keys: string[], args: RedisArg[]): RedisArg[] {
+  return script.keys < 0 ? [keys.length, ...keys, ...args] : [...keys, ...args]
 }
 
 function scanNode (node: IoredisLike, oneKeyPerCommand: boolean): RedisScanNode {
@@ -129,7 +135,7 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
     cluster,
 
     run (script: RedisScript, keys: string[], args: RedisArg[]) {
-      return client[define(client, script)](...keys, ...args)
+      return client[define(client, script)](...scriptArgs(script, keys, args))
     },
 
     async runReplicated (script, keys, args, replicas, timeoutMs) {
@@ -137,7 +143,7 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
       // replicas of that very node, on the connection that ran the script.
       const name = define(client, script)
       const send = async (): Promise<Array<[Error | null, unknown]>> =>
-        (await client.pipeline()[name](...keys, ...args).wait(replicas, timeoutMs).exec()) ?? []
+        (await client.pipeline()[name](...scriptArgs(script, keys, args)).wait(replicas, timeoutMs).exec()) ?? []
       let results = await send()
       // A pipeline whose keyless WAIT did not move with the script does not follow a MOVED: a
       // single command for the key makes the client learn the slot's new owner first.

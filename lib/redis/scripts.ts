@@ -204,6 +204,41 @@ return 1
 `
 }
 
+/**
+ * KEYS: keys found under the prefix (one hash slot on a Cluster). ARGV: the owner id, '1' when
+ * the owner id appears verbatim in the JSON of its records (no character JSON escapes), the
+ * largest value worth decoding (bytes).
+ * Deletes every record whose `ownerId` is the owner id, and every fill claim: a claim's lookup
+ * may answer one of the owner's records, and must not write it back. Unknown-key markers, other
+ * owners' records and anything that is not a record stay. Only deletes, which a full Redis
+ * allows. Returns how many keys were deleted.
+ */
+export const DELETE_OWNER_ENTRIES: RedisScript = {
+  name: 'deleteOwner',
+  keys: -1,
+  lua: `
+local deleted = 0
+local owner = ARGV[1]
+local verbatim = ARGV[2] == '1'
+local maxLength = tonumber(ARGV[3])
+for _, key in ipairs(KEYS) do
+  local ok, value = pcall(redis.call, 'GET', key)
+  if ok and value then
+    local doomed = false
+    if string.sub(value, 1, ${CLAIM_MARK.length}) == '${CLAIM_MARK}' then
+      doomed = true
+    elseif string.sub(value, 1, 1) == '{' and string.len(value) <= maxLength
+      and (not verbatim or string.find(value, owner, 1, true)) then
+      local okJson, record = pcall(cjson.decode, value)
+      doomed = okJson and type(record) == 'table' and record.ownerId == owner
+    end
+    if doomed then deleted = deleted + redis.call('DEL', key) end
+  end
+end
+return deleted
+`
+}
+
 /** KEYS: lock. ARGV: token. Deletes the lock only while it is still ours. */
 export const RELEASE_LOCK: RedisScript = {
   name: 'unlock',

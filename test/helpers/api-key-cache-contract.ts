@@ -558,7 +558,124 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
       }
     })
 
+    /** Serves `key` until it is answered from the cache (no new lookup call). */
+    async function untilCached (app: FastifyInstance, source: KeySource, key: string): Promise<void> {
+      await until('the key is cached', async () => {
+        const before = source.calls(hashApiKey(key))
+        assert.equal((await call(app, key)).status, 200)
+        return source.calls(hashApiKey(key)) === before
+      })
+    }
+
+    // CONTRACT section 13. Owner ids that JSON escapes, that hold colons, and that another owner's id starts with.
+    for (const ownerId of ['owner-a', 'tenant:42:"quoted"\\é']) {
+      test(`deleteOwner drops that owner's entries and nothing else (owner ${JSON.stringify(ownerId)})`, options, async (t) => {
+        const keyPrefix = newPrefix()
+        const source = new KeySource()
+        const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
+        const owned = [newKey(), newKey(), newKey()]
+        const others = [newKey(), newKey()]
+        const unowned = newKey()
+        const unknown = newKey()
+        for (const key of owned) source.answer(hashApiKey(key), record(`owned-${key}`, { ownerId }))
+        // An owner id that starts with the deleted one, and the same owner id nested elsewhere.
+        source.answer(hashApiKey(others[0]!), record('other-1', { ownerId: `${ownerId}x` }))
+        source.answer(hashApiKey(others[1]!), record('other-2', { ownerId: 'someone-else', meta: { ownerId } }))
+        source.answer(hashApiKey(unowned), record('unowned'))
+        const setHash = hashApiKey(newKey())
+        await app.apiKeyCache.set(setHash, record('set-owned', { ownerId }), 60)
+        for (const key of [...owned, ...others, unowned]) await untilCached(app, source, key)
+        assert.equal((await call(app, unknown)).status, 401)
+        const callsBefore = new Map([...owned, ...others, unowned, unknown].map((key) => [key, source.calls(hashApiKey(key))]))
+
+        for (const key of owned) source.answer(hashApiKey(key), record(`owned-${key}`, { ownerId, active: false }))
+        await app.apiKeyCache.deleteOwner(ownerId)
+
+        assert.equal(await app.apiKeyCache.get(setHash), undefined)
+        for (const key of owned) {
+          if (usesRedis) assert.equal(await inRedis(keyPrefix, hashApiKey(key)), false)
+          assert.equal((await call(app, key)).code, 'FST_API_KEY_INVALID')
+          assert.equal(source.calls(hashApiKey(key)), callsBefore.get(key)! + 1, 'the owner\'s key was looked up afresh')
+        }
+        for (const key of [...others, unowned]) {
+          if (usesRedis) assert.equal(await inRedis(keyPrefix, hashApiKey(key)), true)
+          assert.equal((await call(app, key)).status, 200)
+          assert.equal(source.calls(hashApiKey(key)), callsBefore.get(key), 'another owner\'s key is still a hit')
+        }
+        assert.equal((await call(app, unknown)).status, 401)
+        assert.equal(source.calls(hashApiKey(unknown)), callsBefore.get(unknown), 'an unknown key is still cached')
+      })
+    }
+
+    test('deleteOwner issued while a lookup is in flight is not undone by that lookup', options, async (t) => {
+      const keyPrefix = newPrefix()
+      const source = new KeySource()
+      const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
+      const key = newKey()
+      const keyHash = hashApiKey(key)
+      const stale = deferred<unknown>()
+      source.answer(keyHash, () => stale.promise)
+      const inFlight = call(app, key)
+      await until('lookup started', () => source.calls(keyHash) === 1)
+      // The lookup's owner is unknown until it answers: deleteOwner must stop it whatever its key.
+      await app.apiKeyCache.deleteOwner('owner-in-flight')
+      source.answer(keyHash, record('revoked', { ownerId: 'owner-in-flight', active: false }))
+      stale.resolve(record('revoked', { ownerId: 'owner-in-flight' }))
+      assert.equal((await inFlight).status, 200)
+      assert.equal(await app.apiKeyCache.get(keyHash), undefined)
+      if (usesRedis) assert.equal(await inRedis(keyPrefix, keyHash), false)
+      assert.equal((await call(app, key)).code, 'FST_API_KEY_INVALID')
+      assert.equal(source.calls(keyHash), 2)
+    })
+
+    test('deleteOwner removes the stale copies kept for staleIfErrorSeconds', options, async (t) => {
+      const source = new KeySource()
+      const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix: newPrefix(), staleIfErrorSeconds: 60 } })
+      const key = newKey()
+      const keyHash = hashApiKey(key)
+      const kept = newKey()
+      source.answer(keyHash, record('owned', { ownerId: 'stale-owner' }))
+      source.answer(hashApiKey(kept), record('kept', { ownerId: 'other-owner' }))
+      await untilCached(app, source, key)
+      await app.apiKeyCache.deleteOwner('stale-owner')
+      source.answer(keyHash, new Error('database down'))
+      // With the stale copy gone, a failed lookup has nothing to fall back on.
+      assert.equal((await call(app, key)).code, 'FST_API_KEY_LOOKUP_FAILED')
+      assert.equal(app.apiKeyCache.stats().staleServed, 0)
+    })
+
+    test('deleteOwner refuses an owner id that is not a non-empty string', options, async (t) => {
+      const app = await buildApp(t, fixture)
+      for (const bad of ['', 42, undefined, null, { id: 'x' }]) {
+        await assert.rejects(app.apiKeyCache.deleteOwner(bad as string), { code: 'FST_AUTH_CACHE_INVALID_OPTION' }, String(bad))
+      }
+    })
+
     if (usesRedis) {
+      test('deleteOwner in one app is seen by another app sharing the backend; other owners stay cached there', options, async (t) => {
+        const keyPrefix = newPrefix()
+        const source = new KeySource()
+        const serving = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
+        const revoking = await buildApp(t, fixture, { apiKeys: { keyPrefix } })
+        const owned = [newKey(), newKey()]
+        const other = newKey()
+        for (const key of owned) source.answer(hashApiKey(key), record(`owned-${key}`, { ownerId: 'shared-owner' }))
+        source.answer(hashApiKey(other), record('other', { ownerId: 'shared-other' }))
+        for (const key of [...owned, other]) await untilCached(serving, source, key)
+        const otherCalls = source.calls(hashApiKey(other))
+
+        for (const key of owned) source.answer(hashApiKey(key), record(`owned-${key}`, { ownerId: 'shared-owner', active: false }))
+        await revoking.apiKeyCache.deleteOwner('shared-owner')
+        for (const key of owned) {
+          await until('the other app refuses the owner\'s key', async () => (await call(serving, key)).status === 401)
+        }
+        assert.equal((await call(serving, other)).status, 200)
+        assert.equal(source.calls(hashApiKey(other)), otherCalls)
+        if (fixture.backend === 'tiered') {
+          await until('the serving app counted one invalidation', () => serving.apiKeyCache.stats().invalidations === 1)
+        }
+      })
+
       test('delete and clear in one app are seen by another app sharing the backend', options, async (t) => {
         const keyPrefix = newPrefix()
         const source = new KeySource()

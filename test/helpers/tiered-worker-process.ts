@@ -85,6 +85,10 @@ export class TieredWorker {
     return this.child.call('delete', { hash })
   }
 
+  deleteOwner (ownerId: string): Promise<Revocation> {
+    return this.child.call('deleteOwner', { ownerId })
+  }
+
   clear (): Promise<Revocation> {
     return this.child.call('clear')
   }
