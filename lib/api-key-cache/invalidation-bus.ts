@@ -34,7 +34,7 @@ export type InvalidationKind = 'delete' | 'clear' | 'owner' | 'credential'
 export interface InvalidationMessage {
   kind: InvalidationKind
   instance: string
- /** The dataset revision the change set; 0 when unknown. */
+  /** The dataset revision the change set; 0 when unknown. */
   revision: number
   /** The key hash of a delete, the owner id of an owner's deletion, the storage key of a credential. */
   payload?: string
