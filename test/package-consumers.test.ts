@@ -25,10 +25,14 @@ const LINKED = ['fastify', 'pg', '@types/node', '@types/pg', ...Object.keys(pkg.
 
 interface Outcome { code: number, stdout: string, stderr: string }
 
+// Under c8, every child would write V8 coverage of the compiler (megabytes each) for nothing:
+// they run the packed copy in a scratch directory, or tools, never lib/.
+const { NODE_V8_COVERAGE: _coverage, ...env } = process.env
+
 /** Runs a command to its end, bounded; a failure is an outcome to assert on, not a rejection. */
 async function run (file: string, args: string[], cwd: string): Promise<Outcome> {
   try {
-    const { stdout, stderr } = await execFileAsync(file, args, { cwd, timeout: STEP_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 })
+    const { stdout, stderr } = await execFileAsync(file, args, { cwd, env, timeout: STEP_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 })
     return { code: 0, stdout, stderr }
   } catch (err) {
     const failed = err as { code?: unknown, signal?: unknown, stdout?: string, stderr?: string, message: string }
