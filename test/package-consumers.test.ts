@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { after, before, test } from 'node:test'
 import { promisify } from 'node:util'
+import ts from 'typescript'
 
 // CONTRACT section 1: every way of consuming the published package type-checks and runs. The
 // built package is packed as npm would publish it and installed, offline, into scratch consumer
@@ -144,6 +145,24 @@ after(async () => {
   if (work !== undefined) await rm(work, { recursive: true, force: true })
 })
 
+test('the ESM declarations export exactly what the CommonJS entry carries: its types and its properties', () => {
+  const files = [pkg.exports['.'].import.types, pkg.exports['.'].require.types].map((file: string) => join(root, file))
+  const program = ts.createProgram(files, {
+    module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, noEmit: true, skipLibCheck: true, types: []
+  })
+  const checker = program.getTypeChecker()
+  const moduleOf = (file: string): ts.Symbol => checker.getSymbolAtLocation(program.getSourceFile(file)!)!
+  const esm = checker.getExportsOfModule(moduleOf(files[0]!)).map((symbol) => symbol.name)
+  // `export =`: the namespace's types, and the properties of the value.
+  const exportEquals = program.getSourceFile(files[1]!)!.statements.find(ts.isExportAssignment)!
+  const commonJs = [
+    ...checker.getExportsOfModule(moduleOf(files[1]!)).map((symbol) => symbol.name),
+    ...checker.getPropertiesOfType(checker.getTypeAtLocation(exportEquals.expression)).map((symbol) => symbol.name)
+  ]
+  assert.deepEqual(esm.sort(), [...new Set(commonJs)].sort())
+  assert.ok(esm.includes('default') && esm.includes('hashApiKey') && esm.includes('FastifyAuthCacheTypes'))
+})
+
 test('the tarball ships the licence, the changelog, and source maps only with the sources inlined', async () => {
   const listed = await run('tar', ['-tzf', tarball], work)
   assert.equal(listed.code, 0, listed.stderr)
@@ -183,6 +202,7 @@ for (const [name, consumer] of Object.entries(CONSUMERS)) {
     const ran = await node([consumer.entry], dir)
     assert.equal(ran.code, 0, ran.stderr)
     assert.deepEqual(JSON.parse(ran.stdout), {
+      ...(consumer.type === 'module' ? { sameExports: true } : {}),
       namedIsDefault: true,
       hashMatches: true,
       json: { a: 1 },
