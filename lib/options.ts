@@ -2,6 +2,7 @@ import type { FastifyRequest } from 'fastify'
 import { assertKeyPrefix } from './api-keys/key-format'
 import { jsonSerializer, type SerializerContext } from './credentials/serializer'
 import { InvalidOptionError } from './errors'
+import { assertKnownKeys } from './known-keys'
 import type { ApiKeyRecord, BackendName, Credential } from './types'
 import type { UsageReporter } from './usage/usage-recorder'
 
@@ -173,6 +174,37 @@ export interface ResolvedOptions {
   credentials: Required<Omit<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>> & Pick<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>
 }
 
+/**
+ * The option names of each level, the one list from which unknown keys are refused. Each is a
+ * record over the keys of its interface, so the compiler fails when an option is added to an
+ * interface and not here, or named here and not there.
+ */
+const TOP_LEVEL_KEYS: Record<keyof FastifyAuthCacheOptions, true> = {
+  backend: true, redis: true, strict: true, redisTimeoutMs: true, metrics: true, apiKeys: true, credentials: true
+}
+const API_KEYS_KEYS: Record<keyof ApiKeysOptions, true> = {
+  lookup: true,
+  header: true,
+  ttlSeconds: true,
+  negativeTtlSeconds: true,
+  keyPrefix: true,
+  max: true,
+  hook: true,
+  realm: true,
+  format: true,
+  lookupTimeoutMs: true,
+  staleIfErrorSeconds: true,
+  refreshAheadSeconds: true,
+  onUsage: true,
+  usageFlushMs: true
+}
+const CREDENTIALS_KEYS: Record<keyof CredentialsOptions, true> = {
+  key: true, keyPrefix: true, serialize: true, deserialize: true, ttlSeconds: true, backend: true
+}
+const FORMAT_KEYS: Record<keyof NonNullable<ApiKeysOptions['format']>, true> = { prefix: true }
+// Options of Fastify's own register(), which it hands to the plugin along with the plugin's.
+const REGISTER_KEYS = ['prefix', 'logLevel', 'logSerializers']
+
 const BACKENDS: readonly BackendName[] = ['memory', 'redis', 'tiered']
 // A token of RFC 7230: what a header name may be made of.
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
@@ -207,17 +239,24 @@ function option<T> (value: unknown, fallback: T, name: string, check: Check, why
 /** Validates everything at registration, so a bad option fails `ready()` and never a request. */
 export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
   const options = object(raw, 'options')
+  assertKnownKeys(options, Object.keys(TOP_LEVEL_KEYS), '', REGISTER_KEYS)
   if (options.redis !== undefined && typeof options.redis !== 'string' && (typeof options.redis !== 'object' || options.redis === null)) {
     fail('redis', 'must be an @fastify/redis namespace or a Redis client')
   }
 
   const apiKeys = object(options.apiKeys, 'apiKeys')
+  assertKnownKeys(apiKeys, Object.keys(API_KEYS_KEYS), 'apiKeys.')
   const hook = option(apiKeys.hook, true, 'apiKeys.hook', isBoolean, 'must be a boolean')
   const lookup = option<ApiKeyLookup | undefined>(apiKeys.lookup, undefined, 'apiKeys.lookup', isFunction, 'must be a function')
   if (hook && lookup === undefined) fail('apiKeys.lookup', 'is required when apiKeys.hook is true')
-  if (apiKeys.format !== undefined) assertKeyPrefix(object(apiKeys.format, 'apiKeys.format').prefix, 'apiKeys.format.prefix')
+  if (apiKeys.format !== undefined) {
+    const format = object(apiKeys.format, 'apiKeys.format')
+    assertKnownKeys(format, Object.keys(FORMAT_KEYS), 'apiKeys.format.')
+    assertKeyPrefix(format.prefix, 'apiKeys.format.prefix')
+  }
 
   const credentials = object(options.credentials, 'credentials')
+  assertKnownKeys(credentials, Object.keys(CREDENTIALS_KEYS), 'credentials.')
   return {
     backend: option(options.backend, 'memory', 'backend', isBackend, BACKEND_WHY),
     redis: options.redis,

@@ -15,6 +15,7 @@ import { MemoryCredentialByteStore } from './credentials/memory-byte-store'
 import { RedisCredentialByteStore } from './credentials/redis-byte-store'
 import { InvalidOptionError, NoRedisError } from './errors'
 import { createAuthenticator } from './hook/authenticate'
+import { routesDeclaredIn } from './hook/route-declarations'
 import { createRouteSettings } from './hook/route-settings'
 import { FILL_WINDOW_MS } from './limits'
 import { resolveOptions, type FastifyAuthCacheOptions, type ResolvedOptions } from './options'
@@ -112,6 +113,8 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   // Route config is read at declaration, with or without the hook: verifyApiKey enforces scopes too.
   const routes = createRouteSettings({ scheme, realm: apiKeys.realm })
   fastify.addHook('onRoute', routes.prepareRoute)
+  // Routes declared before now (`register` without await) were not seen by onRoute.
+  routes.checkDeclaredRoutes(routesDeclaredIn(fastify) ?? [])
   const authenticator = createAuthenticator({
     resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store: apiKeyStore, counters, telemetry, log: fastify.log }),
     counters,

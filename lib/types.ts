@@ -1,14 +1,10 @@
+import type entry = require('./index')
+
 /**
- * Declare your own record and credential types once, by declaration merging:
- *
- *     declare module 'fastify-auth-cache' {
- *       interface FastifyAuthCacheTypes {
- *         apiKeyRecord: { id: string, active: boolean, expiresAt?: number, scopes: string[] }
- *         credential: { accessToken: string, refreshToken: string, expiresAt: number }
- *       }
- *     }
+ * The user's own types, declared by merging into the interface the package's entry exports
+ * (see index.ts, where it is declared and documented).
  */
-export interface FastifyAuthCacheTypes {}
+export type FastifyAuthCacheTypes = entry.FastifyAuthCacheTypes
 
 /** What `lookup` answers for a known key. Any other JSON properties are kept as they are. */
 export interface BaseApiKeyRecord {

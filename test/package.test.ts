@@ -25,7 +25,8 @@ let required: Record<string, unknown>
 let imported: Record<string, unknown>
 
 before(async () => {
-  const entries = [pkg.main, pkg.types, pkg.exports['.'].require, pkg.exports['.'].import, pkg.exports['.'].types]
+  const { import: esm, require: commonJs } = pkg.exports['.']
+  const entries = [pkg.main, pkg.types, commonJs.default, commonJs.types, esm.default, esm.types]
   const missing = entries.filter((entry: string) => !existsSync(join(root, entry)))
   if (missing.length > 0) {
     throw new Error(`dist/ is missing or incomplete (${missing.join(', ')}): run \`npm run build\` first (npm test does)`)
@@ -66,7 +67,7 @@ test('a memory-only user needs no Redis package: loading and serving never touch
 
 test("import('fastify-auth-cache') gives the plugin as default and named exports, the same object as require", () => {
   const report = imported
-  assert.equal(report.resolved, pkg.exports['.'].import.replace(/^\.\//, '').split('/').join(sep))
+  assert.equal(report.resolved, pkg.exports['.'].import.default.replace(/^\.\//, '').split('/').join(sep))
   assert.equal(report.defaultType, 'function')
   assert.equal(report.defaultIsCommonJsPlugin, true)
   assert.equal(report.namedIsDefault, true)

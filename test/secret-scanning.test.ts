@@ -448,7 +448,7 @@ describe('options', () => {
       [{ onLeak }, /"prefix"/, { lookup: async () => null }],
       [{}, /"onLeak"/],
       [{ onLeak: 'no' }, /"onLeak"/],
-      [{ onLeak, onleak: onLeak }, /"onleak".*did you mean "onLeak"/],
+      [{ onLeak, onleak: onLeak }, /"onleak".*did you mean onLeak\?/],
       [{ onLeak, prefix: 'bad prefix' }, /"prefix"/],
       [{ onLeak, path: 'no-slash' }, /"path"/],
       [{ onLeak, keysUrl: 'ftp://example.com/keys' }, /"keysUrl"/],

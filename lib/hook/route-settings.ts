@@ -1,6 +1,7 @@
 import type { FastifyRequest, RouteOptions } from 'fastify'
 import { isScope } from '../api-keys/scopes'
 import { InvalidOptionError } from '../errors'
+import { routeName, type DeclaredRoute } from './route-declarations'
 
 /** The scopes a route requires, with the 403 challenge that names them, made once per route. */
 export interface RequiredScopes {
@@ -32,13 +33,13 @@ export interface RouteSettingsOptions {
 export interface RouteSettingsReader {
   /** The `onRoute` hook: validates `config.apiKey` and stores the route's settings in its config. */
   prepareRoute (routeOptions: RouteOptions): void
+  /**
+   * Validates the `config.apiKey` of routes declared before the plugin loaded, which onRoute
+   * never saw: a bad one fails `ready()` as it would have at declaration.
+   */
+  checkDeclaredRoutes (routes: readonly DeclaredRoute[]): void
   /** The settings of the request's route, read through Fastify's route context. */
   settingsOf (request: FastifyRequest): RouteSettings
-}
-
-function routeName (routeOptions: { method: RouteOptions['method'], url?: string }): string {
-  const method = Array.isArray(routeOptions.method) ? routeOptions.method.join(',') : routeOptions.method
-  return `${method} ${routeOptions.url}`
 }
 
 /**
@@ -66,7 +67,7 @@ function configOf (request: FastifyRequest): Config | undefined {
 export function createRouteSettings (options: RouteSettingsOptions): RouteSettingsReader {
   const settingsKey = Symbol('fastify-auth-cache.route')
   const forbiddenChallenge = `${options.scheme} realm="${options.realm}", error="insufficient_scope", scope="`
-  // Routes declared before the plugin, read on their first request (see settingsOf).
+  // Routes declared before the plugin loaded, read on their first request (see settingsOf).
   const unseen = new WeakMap<Config, RouteSettings>()
 
   /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[] }`; anything else throws. */
@@ -102,18 +103,22 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
     routeOptions.config = { ...config, [settingsKey]: settings } as RouteOptions['config']
   }
 
+  function checkDeclaredRoutes (routes: readonly DeclaredRoute[]): void {
+    for (const route of routes) parse(route.apiKey, route.name)
+  }
+
   /**
-   * A route the plugin did not see being declared (the 404 handler, or a route declared before
-   * the plugin was registered) is authenticated: fail closed. If its config asks for scopes,
-   * they are enforced too, read once on its first request; a bad `config.apiKey` then fails
-   * that request (500) rather than let it through.
+   * A route the plugin did not see being declared: the 404 handler (authenticated: fail closed),
+   * or a route declared before the plugin loaded, whose `config.apiKey` (checked when the plugin
+   * loaded, see checkDeclaredRoutes) is honoured as if it had been seen, read once on its first
+   * request. Should one have escaped that check (an application created before this package was
+   * loaded), a bad `config.apiKey` fails its requests (500) rather than let them through.
    */
   function unseenRoute (config: Config | undefined, request: FastifyRequest): RouteSettings {
     const apiKey = config?.apiKey
-    if (apiKey === undefined || typeof apiKey !== 'object' || apiKey === null) return AUTHENTICATE
+    if (apiKey === undefined || apiKey === true) return AUTHENTICATE
     let settings = unseen.get(config!)
     if (settings === undefined) {
-      // An object always authenticates; only `false` (honoured at declaration only) opts out.
       settings = parse(apiKey, routeName(request.routeOptions))
       unseen.set(config!, settings)
     }
@@ -125,5 +130,5 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
     return (config?.[settingsKey] as RouteSettings | undefined) ?? unseenRoute(config, request)
   }
 
-  return { prepareRoute, settingsOf }
+  return { prepareRoute, checkDeclaredRoutes, settingsOf }
 }

@@ -1,5 +1,6 @@
 import { assertKeyPrefix } from '../api-keys/key-format'
 import { InvalidOptionError } from '../errors'
+import { assertKnownKeys } from '../known-keys'
 import type { ApiKeyRecord } from '../types'
 import type { MainPluginHandoff } from './handoff'
 import { parsePublicKeys, type PublicKeysDocument, type VerificationKeys } from './signature'
@@ -64,19 +65,6 @@ function fail (name: string, why: string): never {
   throw new InvalidOptionError(name, why)
 }
 
-/** The edit distance between two short option names, to name the one a typo meant. */
-function distance (a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i)
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i]
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1].toLowerCase() === b[j - 1].toLowerCase() ? 0 : 1))
-    }
-    previous = current
-  }
-  return previous[b.length]
-}
-
 function parseKeysUrl (value: unknown): URL {
   let url: URL
   try {
@@ -93,11 +81,7 @@ function parseKeysUrl (value: unknown): URL {
 /** Validates everything at registration, so a bad option fails `ready()` and never a report. */
 export function resolveSecretScanningOptions (raw: SecretScanningOptions, main: MainPluginHandoff): ResolvedSecretScanningOptions {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail('options', 'must be an object')
-  for (const key of Object.keys(raw)) {
-    if (KNOWN.includes(key)) continue
-    const nearest = KNOWN.reduce((best, known) => distance(key, known) < distance(key, best) ? known : best)
-    fail(key, `is not a secretScanning option${distance(key, nearest) <= 3 ? ` (did you mean "${nearest}"?)` : ''}`)
-  }
+  assertKnownKeys(raw, KNOWN, '', [], 'secretScanning')
 
   const path = raw.path ?? '/.well-known/secret-scanning'
   if (typeof path !== 'string' || !path.startsWith('/')) fail('path', 'must be a string starting with "/"')
