@@ -44,7 +44,7 @@ test('the README\'s Quick start is examples/quick-start.ts, verbatim', () => {
 
 test('the README reads in ten minutes; the rest is in docs/', () => {
   const lines = read(README).split('\n').length
-  assert.ok(lines <= 400, `README.md has ${lines} lines`)
+  assert.ok(lines <= 450, `README.md has ${lines} lines`)
 })
 
 test('every relative link of the README and docs/ leads to a file, and every #anchor to a heading', () => {
