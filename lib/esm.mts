@@ -4,6 +4,6 @@ import plugin from './index.js'
 
 export default plugin
 export {
-  fastifyAuthCache, hashApiKey, generateApiKey, isWellFormedApiKey, jsonSerializer, encryptedSerializer, rateLimitByApiKey, errors
+  fastifyAuthCache, hashApiKey, generateApiKey, isWellFormedApiKey, jsonSerializer, encryptedSerializer, rateLimitByApiKey, redactingRequestSerializer, errors
 } from './index.js'
 export type * from './index.js'

@@ -12,16 +12,21 @@ declare module 'fastify' {
     credentialStore: CredentialStore<Credential>
   }
   interface FastifyRequest {
-    /** The authenticated key's record; null on routes with `config: { apiKey: false }`. */
+    /**
+     * The authenticated key's record; null on routes with `config: { apiKey: false }`, and on
+     * routes with `config: { apiKey: { optional: true } }` when the request sent no key.
+     */
     apiKey: ApiKeyRecord
   }
   interface FastifyContextConfig {
     /**
      * `false` opts the route out of API-key authentication; `true` or absent authenticates;
-     * `{ scopes }` also requires every listed scope of the key's record (else 403). (`& object`
-     * keeps a string from passing where Fastify infers the route's config type from its value.)
+     * `{ scopes }` also requires every listed scope of the key's record (else 403);
+     * `{ optional: true }` runs the route without a key (`request.apiKey` null) and checks a key
+     * that is sent. (`& object` keeps a string from passing where Fastify infers the route's
+     * config type from its value.)
      */
-    apiKey?: boolean | ({ scopes?: readonly string[] } & object)
+    apiKey?: boolean | ({ scopes?: readonly string[], optional?: boolean } & object)
   }
 }
 
@@ -30,6 +35,7 @@ export { hashApiKey } from './api-keys/hash'
 export { generateApiKey, isWellFormedApiKey, type GeneratedApiKey } from './api-keys/key-format'
 export { jsonSerializer, type CredentialSerializer, type SerializerContext } from './credentials/serializer'
 export { encryptedSerializer, type EncryptionKeys } from './credentials/encrypted-serializer'
+export { redactingRequestSerializer, type SerializableRequest, type SerializedRequest } from './redacting-request-serializer'
 export { rateLimitByApiKey, type ApiKeyRateLimit, type RateLimitByApiKeyOptions } from './rate-limit/rate-limit-by-api-key'
 export type { ApiKeyUsage, UsageReporter } from './usage/usage-recorder'
 export type { ApiKeyCache } from './api-key-cache/api-key-cache'

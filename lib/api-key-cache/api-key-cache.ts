@@ -36,7 +36,7 @@ export function createApiKeyCache (store: ApiKeyStore, counters: Counters): ApiK
 
     async set (keyHash, record, ttlSeconds) {
       if (!isApiKeyRecord(record)) {
-        throw new InvalidOptionError('record', 'must be an object with a string "id" and a boolean "active"')
+        throw new InvalidOptionError('record', 'must be an object with a string "id", a boolean "active", and no "allowedIps" or a list of IP addresses and CIDR ranges')
       }
       if (typeof ttlSeconds !== 'number' || Number.isNaN(ttlSeconds)) {
         throw new InvalidOptionError('ttlSeconds', 'must be a number')

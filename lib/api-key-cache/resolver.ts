@@ -242,7 +242,7 @@ export class Resolver {
     if (answer === null || answer === undefined) return UNKNOWN_KEY
     if (!ok) {
       this.#counters.lookupErrors++
-      request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
+      request.log.error({ keyHash }, 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number, allowedIps?: addresses and CIDR ranges })')
       throw new ApiKeyLookupFailedError()
     }
     return answer as ApiKeyRecord
