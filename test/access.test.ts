@@ -6,7 +6,7 @@ import { metrics } from '@opentelemetry/api'
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics'
 import Fastify, { type FastifyInstance, type FastifyServerOptions, type InjectOptions, type LightMyRequestResponse } from 'fastify'
 import fastifyAuthCache, { generateApiKey, hashApiKey, redactingRequestSerializer, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
-import { admitsAddress, parseAddressList } from '../lib/api-keys/allowed-ips'
+import { addressListOf, admitsAddress, parseAddressList, rememberAddressList } from '../lib/api-keys/allowed-ips'
 import { CapturedLog } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
@@ -577,6 +577,15 @@ describe('address lists, against node:net BlockList', () => {
         assert.equal(admitsAddress(list, address), blocks.check(address, v6 ? 'ipv6' : 'ipv4'), `${address} in ${entries.join(' ')}`)
       }
     }
+  })
+
+  test('lists are remembered per record object; an entry that only serializes like a valid one is still malformed', () => {
+    const record = { id: 'a', active: true, allowedIps: ['127.0.0.1'] }
+    assert.equal(rememberAddressList(record, record.allowedIps), true)
+    assert.equal(addressListOf(record), addressListOf({ id: 'b', active: true, allowedIps: ['127.0.0.1'] }), 'one parsed list for equal lists')
+    assert.equal(rememberAddressList({}, [{ toJSON: () => '127.0.0.1' }]), false)
+    assert.equal(rememberAddressList({}, [new String('127.0.0.1')]), false) // eslint-disable-line no-new-wrappers
+    assert.equal(addressListOf({ id: 'c', active: true, allowedIps: ['127.0.0.1/40'] }), undefined)
   })
 
   test('IPv6 spellings: compressed, embedded IPv4, zone index of the client', () => {

@@ -157,10 +157,32 @@ export function admitsAddress (list: AddressList, address: string | undefined): 
  */
 const parsedLists = new WeakMap<object, AddressList>()
 
+/**
+ * Lists parsed lately, by their JSON text: the redis backend decodes a new record object on
+ * every request, and many records carry the same list (an office, a VPC), so each distinct list
+ * is parsed once per process while it is in use. Bounded; emptied when full.
+ */
+const RECENT_LISTS = 1000
+const recentLists = new Map<string, AddressList>()
+
 /** Parses and remembers the record's `allowedIps`; false when the list is malformed. */
 export function rememberAddressList (record: object, list: unknown): boolean {
-  const parsed = parseAddressList(list)
-  if (parsed === undefined) return false
+  if (!Array.isArray(list)) return false
+  // Read once into strings, so that the memo's key and the parse see the very same entries.
+  const entries: string[] = []
+  for (let i = 0; i < list.length; i++) {
+    const entry: unknown = list[i]
+    if (typeof entry !== 'string') return false
+    entries.push(entry)
+  }
+  const text = JSON.stringify(entries)
+  let parsed = recentLists.get(text)
+  if (parsed === undefined) {
+    parsed = parseAddressList(entries)
+    if (parsed === undefined) return false
+    if (recentLists.size >= RECENT_LISTS) recentLists.clear()
+    recentLists.set(text, parsed)
+  }
   parsedLists.set(record, parsed)
   return true
 }
