@@ -254,6 +254,7 @@ for (const backend of BACKENDS) {
         assert.equal(keys.calls.filter((hash) => hash === hashApiKey(key)).length, 2, `${JSON.stringify(allowedIps)}: nothing was cached`)
         assert.equal(await app.apiKeyCache.get(hashApiKey(key)), undefined)
       }
+      assert.equal(app.apiKeyCache.stats().lookupErrors, 2 * lists.length)
       await assert.rejects(app.apiKeyCache.set(hashApiKey('x'), { id: 'x', active: true, allowedIps: ['nope'] }, 60), { code: 'FST_AUTH_CACHE_INVALID_OPTION' })
     })
 
@@ -514,6 +515,19 @@ describe('redactingRequestSerializer', () => {
     const key = keys.add({ id: 'k', active: true })
     await get(app, `/me?api_key=${key}`)
     assert.ok(log.text.includes(key))
+  })
+
+  test('a 404: Fastify\'s default handler writes the URL into its message; a handler of one\'s own keeps the key out', async (t) => {
+    for (const ownHandler of [false, true]) {
+      const log = new CapturedLog()
+      const { app, keys } = await build(t, 'memory', { query: 'api_key' }, (app) => {
+        if (ownHandler) app.setNotFoundHandler((request, reply) => reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'Not found' }))
+      }, { logger: { level: 'trace', stream: log.stream, serializers: { req: redactingRequestSerializer('api_key') } } })
+      const key = keys.add({ id: 'k', active: true })
+      const res = await get(app, `/nowhere?api_key=${key}`)
+      assert.equal(res.statusCode, 404)
+      assert.equal(log.text.includes(key) || res.body.includes(key), !ownHandler, log.text)
+    }
   })
 
   test('a non-empty parameter name is required', () => {
