@@ -454,6 +454,18 @@ describe('options of section 12', () => {
     })
   }
 
+  test('an optional route declared before the plugin loaded is optional too', async (t) => {
+    const keys = new Keys()
+    const app = Fastify()
+    t.after(() => app.close())
+    app.register(fastifyAuthCache, { apiKeys: { lookup: keys.lookup } })
+    app.get('/maybe', { config: { apiKey: { optional: true } } }, async (request) => ({ apiKey: request.apiKey }))
+    const key = keys.add({ id: 'k', active: true })
+    assert.deepEqual((await get(app, '/maybe')).json(), { apiKey: null })
+    assert.deepEqual((await get(app, '/maybe', { 'x-api-key': key })).json(), { apiKey: { id: 'k', active: true } })
+    assert.equal((await get(app, '/maybe', { 'x-api-key': 'nope' })).statusCode, 401)
+  })
+
   test('{ optional: false } is an ordinary route', async (t) => {
     const { app } = await build(t, 'memory', {}, (app) => {
       app.get('/x', { config: { apiKey: { optional: false } } }, async () => 'ok')
