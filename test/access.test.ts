@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import diagnostics from 'node:diagnostics_channel'
-import { BlockList } from 'node:net'
+import { BlockList, isIP } from 'node:net'
 import { after, describe, test, type TestContext } from 'node:test'
 import { metrics } from '@opentelemetry/api'
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics'
@@ -602,6 +602,23 @@ describe('address lists, against node:net BlockList', () => {
         if (v6 && /^0:0:0:0:0:ffff:/.test(address)) continue
         assert.equal(admitsAddress(list, address), blocks.check(address, v6 ? 'ipv6' : 'ipv4'), `${address} in ${entries.join(' ')}`)
       }
+    }
+  })
+
+  test('client addresses: what net.isIP accepts is read, anything else is no address (random strings)', () => {
+    const everything = parseAddressList(['::/0'])!
+    const alphabet = '0123456789abcdefABCDEF:.::::'
+    for (let i = 0; i < 200_000; i++) {
+      let text = Math.random() < 0.3 ? '::ffff:' : ''
+      const length = 2 + Math.floor(Math.random() * 30)
+      for (let j = 0; j < length; j++) text += alphabet[Math.floor(Math.random() * alphabet.length)]
+      assert.equal(admitsAddress(everything, text), isIP(text) !== 0, JSON.stringify(text))
+    }
+    for (const text of ['1:2:3:4:5:6:7:8:9', '1::2::3', ':1::', '1:', '12345::', '::1.2.3', '1:2:3:4:5:6:7:1.2.3.4', '::ffff:1.2.3.4:5', '1:2:3:4:5:6:7:8::']) {
+      assert.equal(admitsAddress(everything, text), false, text)
+    }
+    for (const text of ['1:2:3:4:5:6:7::', '::', '1::', '1:2:3:4:5:6:1.2.3.4', '::1.2.3.4', 'ABCD::ef01']) {
+      assert.equal(admitsAddress(everything, text), true, text)
     }
   })
 

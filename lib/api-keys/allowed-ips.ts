@@ -5,7 +5,8 @@ import type { ApiKeyRecord } from '../types'
  * A record's `allowedIps`, parsed into numeric ranges once per record object. Node's
  * `net.BlockList` would parse the list as well, but its `check` builds socket addresses on every
  * call (about 2.7 µs measured on Node 20, for 10 rules as for one); comparing integers here costs
- * a few tens of nanoseconds for a 10-entry list.
+ * about 0.1 µs for a 10-entry list and an IPv4 client, 0.5 µs for an IPv6 one (measured on a
+ * loaded 2-core machine). The list's entries are checked with `net.isIPv4`/`isIPv6` when parsed.
  *
  * IPv4 ranges are 32-bit network/mask pairs. IPv6 ranges are eight 16-bit groups and a prefix.
  * IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is IPv4, in the list as in the client's address.
@@ -42,24 +43,59 @@ function ipv4Value (address: string): number {
   return value * 256 + part
 }
 
-/** The eight groups of an address that `net.isIPv6` accepted, without zone index; undefined if unreadable. */
+function hexValue (c: number): number {
+  if (c >= 48 && c <= 57) return c - 48
+  if (c >= 97 && c <= 102) return c - 87
+  if (c >= 65 && c <= 70) return c - 55
+  return -1
+}
+
+/**
+ * The eight 16-bit groups of an IPv6 address (compressed or not, with or without an embedded
+ * IPv4 tail; no zone index), or undefined for anything else. One pass, on the request path.
+ */
 function ipv6Groups (address: string): number[] | undefined {
-  let tail: number[] = []
-  const lastColon = address.lastIndexOf(':')
-  // An embedded IPv4 address makes the last two groups.
-  if (address.indexOf('.', lastColon) !== -1) {
-    const v4 = ipv4Value(address.slice(lastColon + 1))
-    if (v4 === -1) return undefined
-    tail = [v4 >>> 16, v4 & 0xffff]
-    address = address.slice(0, lastColon + 1)
-    if (!address.endsWith('::')) address = address.slice(0, -1)
+  const length = address.length
+  const head: number[] = []
+  // The groups after '::', once one was seen.
+  let tail: number[] | undefined
+  let groups = head
+  let i = 0
+  if (length >= 2 && address.charCodeAt(0) === 58) {
+    if (address.charCodeAt(1) !== 58) return undefined
+    groups = tail = []
+    i = 2
   }
-  const hex = (part: string): number[] => part === '' ? [] : part.split(':').map((group) => parseInt(group, 16))
-  const gap = address.indexOf('::')
-  if (gap === -1) return [...hex(address), ...tail]
-  const head = hex(address.slice(0, gap))
-  const rest = [...hex(address.slice(gap + 2)), ...tail]
-  return [...head, ...new Array<number>(8 - head.length - rest.length).fill(0), ...rest]
+  while (i < length) {
+    const start = i
+    let value = 0
+    for (let hex = hexValue(address.charCodeAt(i)); hex !== -1 && i < length; hex = hexValue(address.charCodeAt(++i))) {
+      value = value * 16 + hex
+      if (i - start >= 4) return undefined
+    }
+    if (i < length && address.charCodeAt(i) === 46) {
+      // An embedded IPv4 address: the last 32 bits.
+      const v4 = ipv4Value(address.slice(start))
+      if (v4 === -1) return undefined
+      groups.push(v4 >>> 16, v4 & 0xffff)
+      break
+    }
+    if (i === start) return undefined
+    groups.push(value)
+    if (i === length) break
+    if (address.charCodeAt(i) !== 58 || ++i === length) return undefined
+    if (address.charCodeAt(i) === 58) {
+      if (tail !== undefined) return undefined
+      groups = tail = []
+      i++
+    }
+  }
+  if (tail === undefined) return head.length === 8 ? head : undefined
+  const zeros = 8 - head.length - tail.length
+  if (zeros < 1) return undefined
+  for (let z = 0; z < zeros; z++) head.push(0)
+  for (let t = 0; t < tail.length; t++) head.push(tail[t])
+  return head
 }
 
 function isMappedIPv4 (groups: readonly number[]): boolean {
@@ -140,9 +176,7 @@ export function admitsAddress (list: AddressList, address: string | undefined): 
   const value = ipv4Value(address)
   if (value !== -1) return admitsV4(list, value)
   const zone = address.indexOf('%')
-  if (zone !== -1) address = address.slice(0, zone)
-  if (!isIPv6(address)) return false
-  const groups = ipv6Groups(address)
+  const groups = ipv6Groups(zone === -1 ? address : address.slice(0, zone))
   if (groups === undefined) return false
   if (isMappedIPv4(groups)) return admitsV4(list, ((groups[6] << 16) | groups[7]) >>> 0)
   for (const range of list.v6) {
