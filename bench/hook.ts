@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process'
 import path from 'node:path'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyContextConfig, type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { BackendName } from '../lib'
@@ -19,7 +19,10 @@ import { median } from './percentiles'
  *   noise of the method, and should be within ±0.1 µs;
  * - the plugin on a backend, every key cached in process memory;
  * - the plugin on memory, with a route that requires scopes every key holds (a hit on a scoped
- *   route must cost no more than on an unscoped one).
+ *   route must cost no more than on an unscoped one);
+ * - the plugin on memory, with a route whose key is optional (`config.apiKey.optional`), keys sent;
+ * - the plugin on memory, every record with a 10-entry `allowedIps` whose last entry admits the
+ *   client (127.0.0.1), so that every entry is compared.
  * Each row is measured in a process of its own that holds only bare, floor and the row's app.
  * Each round runs a small batch of requests on every app, in a shuffled order; the figure is the
  * median over rounds of the paired difference per request, which cancels the drift of a busy
@@ -60,10 +63,20 @@ function bareApp (): FastifyInstance {
 // What a typical key holds, and what a scoped route asks of it.
 const HELD_SCOPES = ['orders:read', 'orders:write', 'invoices:read', 'customers:read']
 const ROUTE_SCOPES = ['orders:read', 'orders:write']
+// Nine ranges that miss inject()'s 127.0.0.1, IPv4 and IPv6, then one that holds it.
+const ALLOWED_IPS = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '198.51.100.7', '203.0.113.0/24',
+  '2001:db8::/32', '2001:db8:1::1', 'fd00::/8', '100.64.0.0/10', '127.0.0.0/8']
 
-async function pluginApp (backend: BackendName, redis: Redis | undefined, scoped = false): Promise<FastifyInstance> {
+type Variant = 'plain' | 'scoped' | 'optional' | 'allowed-ips'
+
+async function pluginApp (backend: BackendName, redis: Redis | undefined, variant: Variant = 'plain'): Promise<FastifyInstance> {
   const { default: fastifyAuthCache, hashApiKey } = freshPackage()
-  const table = new Map(KEYS.map((key, i) => [hashApiKey(key), { id: `key-${i}`, active: true, scopes: HELD_SCOPES }]))
+  const table = new Map(KEYS.map((key, i) => [hashApiKey(key), {
+    id: `key-${i}`,
+    active: true,
+    scopes: HELD_SCOPES,
+    ...(variant === 'allowed-ips' && { allowedIps: ALLOWED_IPS })
+  }]))
   const app = Fastify({ logger: false })
   await app.register(fastifyAuthCache, {
     backend,
@@ -71,7 +84,10 @@ async function pluginApp (backend: BackendName, redis: Redis | undefined, scoped
     ...(redis !== undefined && { redis }),
     apiKeys: { lookup: (keyHash) => table.get(keyHash) ?? null, ttlSeconds: 3600, keyPrefix: `bench:hook:${backend}:` }
   })
-  app.get('/', scoped ? { config: { apiKey: { scopes: ROUTE_SCOPES } } } : {}, async () => 'ok')
+  const config: FastifyContextConfig = variant === 'scoped'
+    ? { apiKey: { scopes: ROUTE_SCOPES } }
+    : variant === 'optional' ? { apiKey: { optional: true } } : {}
+  app.get('/', { config }, async () => 'ok')
   return app
 }
 
@@ -93,14 +109,16 @@ async function batch (app: FastifyInstance, round: number): Promise<number> {
 export interface HookFigure { label: string, overBareUs: number, overFloorUs: number }
 
 /** What one process measures beside its bare and floor apps. */
-const GROUPS = ['floor, second copy', 'memory', 'memory, scoped route', 'tiered'] as const
+const GROUPS = ['floor, second copy', 'memory', 'memory, scoped route', 'memory, optional route', 'memory, 10-entry allowedIps', 'tiered'] as const
 type Group = typeof GROUPS[number]
 
 async function groupApp (group: Group, redis: Redis): Promise<FastifyInstance> {
   switch (group) {
     case 'floor, second copy': return freshFloor()
     case 'memory': return await pluginApp('memory', undefined)
-    case 'memory, scoped route': return await pluginApp('memory', undefined, true)
+    case 'memory, scoped route': return await pluginApp('memory', undefined, 'scoped')
+    case 'memory, optional route': return await pluginApp('memory', undefined, 'optional')
+    case 'memory, 10-entry allowedIps': return await pluginApp('memory', undefined, 'allowed-ips')
     case 'tiered': return await pluginApp('tiered', redis)
   }
 }

@@ -6,12 +6,12 @@ import plugin from './index.js'
 
 export default plugin
 export const {
-  fastifyAuthCache, hashApiKey, generateApiKey, isWellFormedApiKey, jsonSerializer, encryptedSerializer, rateLimitByApiKey, secretScanning, errors
+  fastifyAuthCache, hashApiKey, generateApiKey, isWellFormedApiKey, jsonSerializer, encryptedSerializer, rateLimitByApiKey, redactingRequestSerializer, secretScanning, errors
 } = plugin
 export type {
   FastifyAuthCacheTypes, ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential,
   FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions, ApiKeyLookup,
   GeneratedApiKey, CredentialSerializer, SerializerContext, EncryptionKeys, ApiKeyRateLimit, RateLimitByApiKeyOptions,
   ApiKeyUsage, UsageReporter, ApiKeyCache, ApiKeyCacheStats, CredentialStore, UpdateOptions, GetFreshOptions,
-  SecretScanningOptions, LeakedApiKey, OnLeak, PublicKeysDocument
+  SecretScanningOptions, LeakedApiKey, OnLeak, PublicKeysDocument, SerializableRequest, SerializedRequest
 } from './index.js'

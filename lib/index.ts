@@ -14,6 +14,8 @@ import * as errors from './errors'
 import type * as options from './options'
 import { plugin } from './plugin'
 import { rateLimitByApiKey } from './rate-limit/rate-limit-by-api-key'
+import { redactingRequestSerializer } from './redacting-request-serializer'
+import type * as redacting from './redacting-request-serializer'
 import { secretScanning } from './secret-scanning/plugin'
 import type * as secretScanningOptions from './secret-scanning/options'
 import type * as signature from './secret-scanning/signature'
@@ -29,16 +31,21 @@ declare module 'fastify' {
     credentialStore: credentialStore.CredentialStore<types.Credential>
   }
   interface FastifyRequest {
-    /** The authenticated key's record; null on routes with `config: { apiKey: false }`. */
+    /**
+     * The authenticated key's record; null on routes with `config: { apiKey: false }`, and on
+     * routes with `config: { apiKey: { optional: true } }` when the request sent no key.
+     */
     apiKey: types.ApiKeyRecord
   }
   interface FastifyContextConfig {
     /**
      * `false` opts the route out of API-key authentication; `true` or absent authenticates;
-     * `{ scopes }` also requires every listed scope of the key's record (else 403). (`& object`
-     * keeps a string from passing where Fastify infers the route's config type from its value.)
+     * `{ scopes }` also requires every listed scope of the key's record (else 403);
+     * `{ optional: true }` runs the route without a key (`request.apiKey` null) and checks a key
+     * that is sent. (`& object` keeps a string from passing where Fastify infers the route's
+     * config type from its value.)
      */
-    apiKey?: boolean | ({ scopes?: readonly string[] } & object)
+    apiKey?: boolean | ({ scopes?: readonly string[], optional?: boolean } & object)
   }
 }
 
@@ -49,6 +56,7 @@ const helpers = {
   jsonSerializer,
   encryptedSerializer,
   rateLimitByApiKey,
+  redactingRequestSerializer,
   secretScanning,
   errors
 }
@@ -112,6 +120,8 @@ declare namespace fastifyAuthCache {
   export type LeakedApiKey = secretScanningOptions.LeakedApiKey
   export type OnLeak = secretScanningOptions.OnLeak
   export type PublicKeysDocument = signature.PublicKeysDocument
+  export type SerializableRequest = redacting.SerializableRequest
+  export type SerializedRequest = redacting.SerializedRequest
 }
 
 export = fastifyAuthCache

@@ -18,10 +18,27 @@ export interface ApiKeysOptions {
   lookup?: ApiKeyLookup
   /**
    * Header carrying the key, case-insensitive. `'authorization'` means
-   * `Authorization: Bearer <key>` (scheme case-insensitive).
+   * `Authorization: Bearer <key>` (scheme case-insensitive). A list is tried in order: the first
+   * listed header present decides (a bad key there is a 401, never a fall-through; an empty
+   * header, or `Authorization` without a Bearer token, counts as absent), and the 401 challenge
+   * uses the scheme of the first listed header.
    * @default 'x-api-key'
    */
-  header?: string
+  header?: string | readonly string[]
+  /**
+   * Name of a query parameter that also carries the key, read when no listed header is present
+   * (for clients that cannot set headers, such as webhook senders). A repeated parameter is a
+   * 401. URLs end up in logs: see `redactingRequestSerializer`.
+   * @default undefined (keys in the query string are not read)
+   */
+  query?: string
+  /**
+   * Remove the key from `request.headers` (and `request.raw.rawHeaders`) or `request.query`
+   * once it is read, so that nothing after the check (handlers, proxies, error logs) sees it.
+   * `request.url` stays as received.
+   * @default false
+   */
+  hideCredentials?: boolean
   /**
    * Seconds a record is cached, capped by the time left to its `expiresAt`. `<= 0` caches no record.
    * @default 60
@@ -170,7 +187,8 @@ export interface ResolvedOptions {
   strict: boolean
   redisTimeoutMs: number
   metrics: boolean
-  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format' | 'onUsage'>> & Pick<ApiKeysOptions, 'lookup' | 'format' | 'onUsage'>
+  apiKeys: Required<Omit<ApiKeysOptions, 'lookup' | 'format' | 'onUsage' | 'header' | 'query'>> & Pick<ApiKeysOptions, 'lookup' | 'format' | 'onUsage' | 'query'> &
+    { /** Lower case, at least one, without repeats. */ header: readonly string[] }
   credentials: Required<Omit<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>> & Pick<CredentialsOptions<unknown>, 'ttlSeconds' | 'backend'>
 }
 
@@ -185,6 +203,8 @@ const TOP_LEVEL_KEYS: Record<keyof FastifyAuthCacheOptions, true> = {
 const API_KEYS_KEYS: Record<keyof ApiKeysOptions, true> = {
   lookup: true,
   header: true,
+  query: true,
+  hideCredentials: true,
   ttlSeconds: true,
   negativeTtlSeconds: true,
   keyPrefix: true,
@@ -236,6 +256,23 @@ function option<T> (value: unknown, fallback: T, name: string, check: Check, why
   return value as T
 }
 
+const isHeaderName: Check = (v) => isString(v) && HEADER_NAME.test(v as string)
+
+/** `apiKeys.header`: one header name or a non-empty list of distinct ones, in lower case. */
+function headerList (value: unknown): readonly string[] {
+  const name = 'apiKeys.header'
+  if (value === undefined) return ['x-api-key']
+  if (isHeaderName(value)) return [(value as string).toLowerCase()]
+  if (!Array.isArray(value)) fail(name, 'must be a header name or a list of header names')
+  if (value.length === 0) fail(name, 'must list at least one header')
+  const list = value.map((header: unknown, i) => {
+    if (!isHeaderName(header)) fail(`${name}[${i}]`, 'must be a header name')
+    return (header as string).toLowerCase()
+  })
+  if (new Set(list).size !== list.length) fail(name, 'must not list a header twice')
+  return Object.freeze(list)
+}
+
 /** Validates everything at registration, so a bad option fails `ready()` and never a request. */
 export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
   const options = object(raw, 'options')
@@ -265,8 +302,10 @@ export function resolveOptions (raw: FastifyAuthCacheOptions): ResolvedOptions {
     metrics: option(options.metrics, false, 'metrics', isBoolean, 'must be a boolean'),
     apiKeys: {
       lookup,
-      header: option(apiKeys.header, 'x-api-key', 'apiKeys.header',
-        (v) => isString(v) && HEADER_NAME.test(v as string), 'must be a header name').toLowerCase(),
+      header: headerList(apiKeys.header),
+      query: option<string | undefined>(apiKeys.query, undefined, 'apiKeys.query',
+        (v) => isString(v) && (v as string).length > 0 && QUOTED_SAFE.test(v as string), 'must be a non-empty query parameter name without quotes, backslashes or control characters'),
+      hideCredentials: option(apiKeys.hideCredentials, false, 'apiKeys.hideCredentials', isBoolean, 'must be a boolean'),
       ttlSeconds: option(apiKeys.ttlSeconds, 60, 'apiKeys.ttlSeconds', isNumber, 'must be a number of seconds'),
       negativeTtlSeconds: option(apiKeys.negativeTtlSeconds, 5, 'apiKeys.negativeTtlSeconds', isNumber, 'must be a number of seconds'),
       keyPrefix: option(apiKeys.keyPrefix, 'apikey:', 'apiKeys.keyPrefix', isString, 'must be a string'),

@@ -109,7 +109,7 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     : new UsageRecorder({ onUsage: apiKeys.onUsage, flushMs: apiKeys.usageFlushMs, max: apiKeys.max, counters, log: fastify.log })
   if (usage !== undefined) fastify.addHook('onClose', () => usage.close())
 
-  const scheme = apiKeys.header === 'authorization' ? 'Bearer' : 'ApiKey'
+  const scheme = apiKeys.header[0] === 'authorization' ? 'Bearer' : 'ApiKey'
   // Route config is read at declaration, with or without the hook: verifyApiKey enforces scopes too.
   const routes = createRouteSettings({ scheme, realm: apiKeys.realm })
   fastify.addHook('onRoute', routes.prepareRoute)
@@ -119,7 +119,9 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     resolver: new Resolver({ ...apiKeys, lookup: apiKeys.lookup ?? noLookup, store: apiKeyStore, counters, telemetry, log: fastify.log }),
     counters,
     telemetry,
-    header: apiKeys.header,
+    headers: apiKeys.header,
+    query: apiKeys.query,
+    hideCredentials: apiKeys.hideCredentials,
     realm: apiKeys.realm,
     formatPrefix: apiKeys.format?.prefix,
     routes,

@@ -12,8 +12,11 @@ const authenticateChannel = diagnostics.channel('fastify-auth-cache:authenticate
 const invalidationChannel = diagnostics.channel('fastify-auth-cache:invalidation')
 const lookupChannel = diagnostics.channel('fastify-auth-cache:lookup')
 
-/** How a request's authentication ended; hit, miss and stale are accepted requests. */
-export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed'
+/**
+ * How a request's authentication ended; hit, miss and stale are accepted requests, anonymous a
+ * request without a key on a route whose key is optional.
+ */
+export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed' | 'anonymous'
 export type InvalidationEvent = 'delete' | 'clear' | 'owner' | 'trust-lost' | 'trust-regained'
 
 interface Instruments {

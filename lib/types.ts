@@ -12,6 +12,11 @@ export interface BaseApiKeyRecord {
   active: boolean
   /** Epoch milliseconds after which the key is refused. */
   expiresAt?: number
+  /**
+   * IPv4/IPv6 addresses and CIDR ranges the key may be used from (`request.ip`); any other
+   * address is a 403. An empty list admits none; absent admits every address.
+   */
+  allowedIps?: readonly string[]
   [property: string]: unknown
 }
 

@@ -1,9 +1,10 @@
 import fastifyRateLimit, { type RateLimitPluginOptions } from '@fastify/rate-limit'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import Redis from 'ioredis'
-import { expectAssignable, expectError, expectType } from 'tsd'
+import { expectAssignable, expectError, expectNotAssignable, expectType } from 'tsd'
 import fastifyAuthCache, {
   encryptedSerializer, fastifyAuthCache as named, generateApiKey, hashApiKey, isWellFormedApiKey, jsonSerializer, rateLimitByApiKey,
+  redactingRequestSerializer, type BaseApiKeyRecord, type SerializedRequest,
   type ApiKeyCacheStats, type ApiKeyUsage, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey, type GetFreshOptions,
   type RateLimitByApiKeyOptions
 } from '..'
@@ -151,3 +152,24 @@ app.after(async () => {
   expectError(app.credentialStore.getFresh({ isFresh: () => true, refresh: () => ({ accessToken: 'c', refreshToken: 'r' }), refreshAheadMs: '1s' }))
   expectAssignable<GetFreshOptions<{ expiresAt: number }>>({ isFresh: (value: { expiresAt: number }, atMs: number) => atMs < value.expiresAt, refresh: () => ({ expiresAt: 1 }) })
 })
+
+// Section 12: optional keys, address allow-lists, where the key travels.
+app.get('/maybe', { config: { apiKey: { optional: true } } }, async () => 'ok')
+app.post('/maybe/orders', { config: { apiKey: { optional: true, scopes: ['orders:write'] } } }, async () => 'ok')
+expectError(app.get('/bad', { config: { apiKey: { optional: 'yes' } } }, async () => 'ok'))
+app.register(fastifyAuthCache, {
+  apiKeys: { lookup: () => null, header: ['x-api-key', 'authorization'], query: 'api_key', hideCredentials: true }
+})
+const headers = ['x-api-key', 'authorization'] as const
+app.register(fastifyAuthCache, { apiKeys: { lookup: () => null, header: headers } })
+expectError(app.register(fastifyAuthCache, { apiKeys: { header: [1] } }))
+expectError(app.register(fastifyAuthCache, { apiKeys: { query: true } }))
+expectError(app.register(fastifyAuthCache, { apiKeys: { hideCredentials: 'yes' } }))
+expectAssignable<BaseApiKeyRecord>({ id: 'a', active: true, allowedIps: ['10.0.0.0/8', '2001:db8::/32'] })
+expectNotAssignable<BaseApiKeyRecord>({ id: 'a', active: true, allowedIps: [10] })
+expectNotAssignable<BaseApiKeyRecord>({ id: 'a', active: true, allowedIps: '10.0.0.1' })
+expectType<number>(app.apiKeyCache.stats().anonymous)
+const serializeRequest = redactingRequestSerializer('api_key')
+expectType<SerializedRequest>(serializeRequest({ method: 'GET', url: '/?api_key=x' }))
+Fastify({ logger: { serializers: { req: redactingRequestSerializer('api_key') } } })
+expectError(redactingRequestSerializer(5))

@@ -43,7 +43,7 @@ export function createApiKeyCache (store: ApiKeyStore, counters: Counters): ApiK
     async set (keyHash, record, ttlSeconds) {
       const stored = toStoredRecord(record)
       if (stored === 'not-a-record') {
-        throw new InvalidOptionError('record', 'must be an object with a string "id" and a boolean "active" of its own')
+        throw new InvalidOptionError('record', 'must be an object with a string "id", a boolean "active" of its own, and no "allowedIps" or a list of IP addresses and CIDR ranges')
       }
       if (stored === 'not-serializable') {
         throw new InvalidOptionError('record', 'must be JSON (no BigInt, no cycle, no throwing getter)')

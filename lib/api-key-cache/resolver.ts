@@ -275,7 +275,7 @@ export class Resolver {
       // The record's own error messages stay out of the log line and the reply: they may quote it.
       request.log.error({ keyHash, reason: record }, record === 'not-serializable'
         ? 'fastify-auth-cache: API key lookup answered a record that cannot be stored as JSON (a BigInt, a cycle, a throwing getter)'
-        : 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number } as own properties)')
+        : 'fastify-auth-cache: API key lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number, allowedIps?: addresses and CIDR ranges } as own properties)')
       throw new ApiKeyLookupFailedError()
     }
     return record

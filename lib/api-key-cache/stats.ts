@@ -1,6 +1,6 @@
 import type { RejectReason } from '../api-keys/record'
 
-/** Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route scope. */
+/** Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route scope or used from outside its `allowedIps`. */
 export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden'
 
 export interface ApiKeyCacheStats {
@@ -24,7 +24,12 @@ export interface ApiKeyCacheStats {
   refreshes: number
   /** Invalidations received from other processes (tiered). */
   invalidations: number
-  /** Requests refused with 401 by reason, and with 403 (`forbidden`: a key lacking a route scope). */
+  /** Requests without a key that ran a route whose key is optional (`config.apiKey.optional`). */
+  anonymous: number
+  /**
+   * Requests refused with 401 by reason, and with 403 (`forbidden`: a key lacking a route scope,
+   * or used from an address outside its `allowedIps`).
+   */
   rejections: Record<Rejection, number>
   /** Uses of a key that `onUsage` will not hear of: `apiKeys.max` keys were already held between calls. */
   usageDropped: number
@@ -44,6 +49,7 @@ export function createCounters (): Counters {
     backendErrors: 0,
     staleServed: 0,
     refreshes: 0,
+    anonymous: 0,
     rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0 },
     usageDropped: 0
   }

@@ -1,17 +1,22 @@
 import sjson from 'secure-json-parse'
 import type { ApiKeyRecord } from '../types'
+import { rememberAddressList } from './allowed-ips'
 
 /**
  * The shape the contract requires of a record: an object with a string `id` and a boolean
- * `active`, as its OWN properties. An inherited `id` or `active` (a record built with
- * `Object.assign({}, JSON.parse('{"__proto__":…}'))`) does not count.
+ * `active`, as its OWN properties, and an `allowedIps` that parses when it has one. An inherited
+ * `id` or `active` (a record built with `Object.assign({}, JSON.parse('{"__proto__":…}'))`)
+ * does not count. Every record reaches process memory through here (from `lookup`, from Redis,
+ * from `apiKeyCache.set`), so its address list is parsed here, once per record object, and
+ * never on a request.
  */
 export function isApiKeyRecord (value: unknown): value is ApiKeyRecord {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false
   const record = value as Record<string, unknown>
   return Object.hasOwn(record, 'id') && typeof record.id === 'string' &&
     Object.hasOwn(record, 'active') && typeof record.active === 'boolean' &&
-    (record.expiresAt === undefined || (Object.hasOwn(record, 'expiresAt') && typeof record.expiresAt === 'number' && !Number.isNaN(record.expiresAt)))
+    (record.expiresAt === undefined || (Object.hasOwn(record, 'expiresAt') && typeof record.expiresAt === 'number' && !Number.isNaN(record.expiresAt))) &&
+    (record.allowedIps === undefined || rememberAddressList(record, record.allowedIps))
 }
 
 /** Why `toStoredRecord` refused an answer. */

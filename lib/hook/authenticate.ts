@@ -2,19 +2,21 @@ import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify
 import type { Resolved, Resolver, Verdict } from '../api-key-cache/resolver'
 import type { Counters, Rejection } from '../api-key-cache/stats'
 import { hashApiKey } from '../api-keys/hash'
+import { addressListOf, admitsAddress } from '../api-keys/allowed-ips'
 import { isWellFormedApiKey } from '../api-keys/key-format'
 import { holdsScopes } from '../api-keys/scopes'
 import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError } from '../errors'
 import type { Telemetry } from '../telemetry'
+import type { ApiKeyRecord } from '../types'
 import type { UsageRecorder } from '../usage/usage-recorder'
-import { createKeyExtractor, MALFORMED, MISSING } from './extract-key'
+import { MALFORMED, MISSING } from './extract-key'
+import { createKeyReader, type KeySources } from './key-sources'
 import type { RequiredScopes, RouteSettings, RouteSettingsReader } from './route-settings'
 
-export interface AuthenticatorOptions {
+export interface AuthenticatorOptions extends KeySources {
   resolver: Resolver
   counters: Counters
   telemetry: Telemetry
-  header: string
   realm: string
   formatPrefix: string | undefined
   /** The route settings prepared at registration (scopes and their challenge). */
@@ -35,9 +37,12 @@ function finishLater (pending: Promise<void>, done: (err?: Error) => void): void
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { resolver, counters, telemetry, header, formatPrefix, routes, usage } = options
-  const extractKey = createKeyExtractor(header)
-  const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
+  const { resolver, counters, telemetry, formatPrefix, routes, usage } = options
+  const extractKey = createKeyReader(options)
+  // The challenge speaks the scheme of the first listed header.
+  const scheme = options.headers[0] === 'authorization' ? 'Bearer' : 'ApiKey'
+  // Requests that ran an optional route without a key, so that verify does not count them twice.
+  const anonymousRequests = new WeakSet<FastifyRequest>()
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
   const missingChallenge = `${scheme} realm="${options.realm}"`
   const invalidChallenge = scheme === 'Bearer' ? `${missingChallenge}, error="invalid_token"` : missingChallenge
@@ -63,10 +68,29 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     return new ApiKeyForbiddenError()
   }
 
-  /** Authentication first (401), then the route's scopes (403); nothing here allocates on success. */
+  /** A key used from an address outside its record's `allowedIps`: a 403 that no other key or scope would change. */
+  function forbidAddress (request: FastifyRequest, keyHash: string, startedAt: number): Error {
+    counters.rejections.forbidden++
+    if (startedAt !== 0) telemetry.authenticated('forbidden', keyHash, startedAt)
+    request.log.debug({ keyHash, ip: request.ip }, 'fastify-auth-cache: refused, the API key may not be used from this address')
+    return new ApiKeyForbiddenError()
+  }
+
+  function anonymous (request: FastifyRequest, startedAt: number): void {
+    counters.anonymous++
+    anonymousRequests.add(request)
+    if (startedAt !== 0) telemetry.authenticated('anonymous', undefined, startedAt)
+  }
+
+  /**
+   * Authentication first (401), then the key's address list (403, no challenge: the key may not
+   * be used from here, whatever the route), then the route's scopes (403); nothing here
+   * allocates on success, and a record without `allowedIps` costs one property read for them.
+   */
   function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict,
     settings: RouteSettings, source: Resolved['source'], startedAt: number): void {
     if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash, startedAt)
+    if (verdict.allowedIps !== undefined) checkAddress(request, keyHash, verdict, startedAt)
     const scopes = settings.scopes
     if (scopes !== undefined && !holdsScopes(verdict, scopes.list)) throw forbid(request, reply, keyHash, scopes, startedAt)
     if (usage !== undefined) usage.record(keyHash, verdict.id)
@@ -74,12 +98,26 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     if (startedAt !== 0) telemetry.authenticated(source, keyHash, startedAt)
   }
 
+  function checkAddress (request: FastifyRequest, keyHash: string, record: ApiKeyRecord, startedAt: number): void {
+    const list = addressListOf(record)
+    if (list === undefined) {
+      // Only a record changed after it was validated can get here: it is as invalid as any.
+      if (startedAt !== 0) telemetry.authenticated('lookup-failed', keyHash, startedAt)
+      request.log.error({ keyHash }, 'fastify-auth-cache: the API key record has a malformed allowedIps')
+      throw new ApiKeyLookupFailedError()
+    }
+    if (!admitsAddress(list, request.ip)) throw forbidAddress(request, keyHash, startedAt)
+  }
+
   /** Throws the 401 or 403; returns a promise only when the cache must load. */
   function authenticate (request: FastifyRequest, reply: FastifyReply, settings: RouteSettings): void | Promise<void> {
     // The clock is read only when someone watches the outcome.
     const startedAt = telemetry.watchingRequests ? performance.now() : 0
     const key = extractKey(request)
-    if (key === MISSING) throw refuse(request, reply, 'missing', undefined, startedAt)
+    if (key === MISSING) {
+      if (settings.optional) return anonymous(request, startedAt)
+      throw refuse(request, reply, 'missing', undefined, startedAt)
+    }
     if (key === MALFORMED) throw refuse(request, reply, 'malformed', undefined, startedAt)
     if (formatPrefix !== undefined && !isWellFormedApiKey(key, formatPrefix)) throw refuse(request, reply, 'malformed', undefined, startedAt)
     const keyHash = hashApiKey(key)
@@ -114,10 +152,11 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
 
   /**
    * Authenticates whatever the route's `config.apiKey` says of the hook, and enforces its scopes.
-   * A request the hook already accepted on this route is not checked (nor counted) twice.
+   * A request the hook already accepted on this route (with a key, or without one on an
+   * optional route) is not checked (nor counted) twice.
    */
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    if (request.apiKey !== null) return
+    if (request.apiKey !== null || anonymousRequests.has(request)) return
     await authenticate(request, reply, routes.settingsOf(request))
   }
 

@@ -57,3 +57,11 @@ function isRepeated (rawHeaders: string[] | undefined, header: string): boolean 
   }
   return false
 }
+
+/** A key read from elsewhere than a header (the query string), judged as a header's would be. */
+export function checkedKey (value: string): string {
+  if (value.charCodeAt(0) === 32 || value.charCodeAt(value.length - 1) === 32) value = value.replace(SPACES, '')
+  if (value.length === 0) return MISSING
+  if (value.length > MAX_KEY_LENGTH || CONTROL.test(value)) return MALFORMED
+  return value
+}

@@ -17,10 +17,13 @@ export interface RouteSettings {
   readonly authenticate: boolean
   /** Undefined when any valid key will do. */
   readonly scopes: RequiredScopes | undefined
+  /** Whether a request without a key runs the route (`request.apiKey` null); a key sent is still checked. */
+  readonly optional: boolean
 }
 
-const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined })
-const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined })
+const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, optional: false })
+const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined, optional: false })
+const OPTIONAL: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, optional: true })
 
 type Config = Record<PropertyKey, unknown>
 
@@ -70,7 +73,7 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
   // Routes declared before the plugin loaded, read on their first request (see settingsOf).
   const unseen = new WeakMap<Config, RouteSettings>()
 
-  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[] }`; anything else throws. */
+  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[], optional?: boolean }`; anything else throws. */
   function parse (apiKey: unknown, route: string): RouteSettings {
     if (apiKey === undefined || apiKey === true) return AUTHENTICATE
     if (apiKey === false) return OPEN
@@ -78,22 +81,25 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
       throw new InvalidOptionError('config.apiKey', `on route ${route}: ${why}`)
     }
     if (typeof apiKey !== 'object' || apiKey === null || Array.isArray(apiKey)) {
-      return invalid('must be true, false or { scopes: string[] }')
+      return invalid('must be true, false or { scopes?: string[], optional?: boolean }')
     }
     for (const name of Object.keys(apiKey)) {
-      if (name !== 'scopes') invalid(`unknown property "${name}" (only "scopes" is known)`)
+      if (name !== 'scopes' && name !== 'optional') invalid(`unknown property "${name}" (only "scopes" and "optional" are known)`)
     }
-    const { scopes } = apiKey as { scopes?: unknown }
-    if (scopes === undefined) return AUTHENTICATE
+    const { scopes, optional = false } = apiKey as { scopes?: unknown, optional?: unknown }
+    if (typeof optional !== 'boolean') invalid('optional must be a boolean')
+    const plain = optional === true ? OPTIONAL : AUTHENTICATE
+    if (scopes === undefined) return plain
     if (!Array.isArray(scopes)) return invalid('scopes must be an array of strings')
     for (const [i, scope] of scopes.entries()) {
       if (!isScope(scope)) invalid(`scopes[${i}] must be a non-empty string of printable ASCII without spaces, quotes or backslashes`)
     }
     const list: readonly string[] = Object.freeze([...new Set(scopes as string[])])
-    if (list.length === 0) return AUTHENTICATE
+    if (list.length === 0) return plain
     return Object.freeze({
       authenticate: true,
-      scopes: Object.freeze({ list, challenge: `${forbiddenChallenge}${list.join(' ')}"` })
+      scopes: Object.freeze({ list, challenge: `${forbiddenChallenge}${list.join(' ')}"` }),
+      optional: optional as boolean
     })
   }
 
