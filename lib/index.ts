@@ -20,8 +20,9 @@ declare module 'fastify' {
      * `false` opts the route out of API-key authentication; `true` or absent authenticates;
      * `{ scopes }` also requires every listed scope of the key's record (else 403). (`& object`
      * keeps a string from passing where Fastify infers the route's config type from its value.)
+     * `cost` is what one request spends of the owner's quota (a positive integer, default 1).
      */
-    apiKey?: boolean | ({ scopes?: readonly string[] } & object)
+    apiKey?: boolean | ({ scopes?: readonly string[], cost?: number } & object)
   }
 }
 
@@ -37,6 +38,7 @@ export type { ApiKeyCacheStats } from './api-key-cache/stats'
 export type { CredentialStore, UpdateOptions } from './credentials/credential-store'
 export type { GetFreshOptions } from './credentials/get-fresh'
 export type { FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions, ApiKeyLookup } from './options'
+export type { ApiKeyQuota } from './quota/period'
 export type { FastifyAuthCacheTypes, ApiKeyRecord, BaseApiKeyRecord, BackendName, Credential } from './types'
 export * as errors from './errors'
 

@@ -13,7 +13,7 @@ const invalidationChannel = diagnostics.channel('fastify-auth-cache:invalidation
 const lookupChannel = diagnostics.channel('fastify-auth-cache:lookup')
 
 /** How a request's authentication ended; hit, miss and stale are accepted requests. */
-export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed'
+export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed' | 'quota'
 export type InvalidationEvent = 'delete' | 'clear' | 'trust-lost' | 'trust-regained'
 
 interface Instruments {

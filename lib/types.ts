@@ -1,3 +1,5 @@
+import type { ApiKeyQuota } from './quota/period'
+
 /**
  * Declare your own record and credential types once, by declaration merging:
  *
@@ -16,6 +18,8 @@ export interface BaseApiKeyRecord {
   active: boolean
   /** Epoch milliseconds after which the key is refused. */
   expiresAt?: number
+  /** At most `limit` units of route cost per period, shared by every key of the owner (`ownerId`, else `id`). */
+  quota?: ApiKeyQuota
   [property: string]: unknown
 }
 

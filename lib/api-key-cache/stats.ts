@@ -1,7 +1,10 @@
 import type { RejectReason } from '../api-keys/record'
 
-/** Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route scope. */
-export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden'
+/**
+ * Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route
+ * scope, and `quota`, the 429 of an owner past its quota.
+ */
+export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden' | 'quota'
 
 export interface ApiKeyCacheStats {
   /** Answers served from the cache: records. */
@@ -24,7 +27,7 @@ export interface ApiKeyCacheStats {
   refreshes: number
   /** Invalidations received from other processes (tiered). */
   invalidations: number
-  /** Requests refused with 401 by reason, and with 403 (`forbidden`: a key lacking a route scope). */
+  /** Requests refused with 401 by reason, with 403 (`forbidden`: a key lacking a route scope) and with 429 (`quota`). */
   rejections: Record<Rejection, number>
   /** Uses of a key that `onUsage` will not hear of: `apiKeys.max` keys were already held between calls. */
   usageDropped: number
@@ -44,7 +47,7 @@ export function createCounters (): Counters {
     backendErrors: 0,
     staleServed: 0,
     refreshes: 0,
-    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0 },
+    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0, quota: 0 },
     usageDropped: 0
   }
 }

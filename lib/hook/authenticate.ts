@@ -1,10 +1,12 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { Resolved, Resolver, Verdict } from '../api-key-cache/resolver'
+import type { ApiKeyRecord } from '../types'
 import type { Counters, Rejection } from '../api-key-cache/stats'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
 import { holdsScopes } from '../api-keys/scopes'
-import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError } from '../errors'
+import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError, ApiKeyQuotaExceededError } from '../errors'
+import type { QuotaLeases, Spent } from '../quota/quota-leases'
 import type { Telemetry } from '../telemetry'
 import type { UsageRecorder } from '../usage/usage-recorder'
 import { createKeyExtractor, MALFORMED, MISSING } from './extract-key'
@@ -21,6 +23,8 @@ export interface AuthenticatorOptions {
   routes: RouteSettingsReader
   /** Counts accepted requests for `apiKeys.onUsage`; undefined without it. */
   usage: UsageRecorder | undefined
+  /** Spends the quotas of records that have one. */
+  quotas: QuotaLeases
 }
 
 export interface Authenticator {
@@ -35,7 +39,7 @@ function finishLater (pending: Promise<void>, done: (err?: Error) => void): void
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { resolver, counters, telemetry, header, formatPrefix, routes, usage } = options
+  const { resolver, counters, telemetry, header, formatPrefix, routes, usage, quotas } = options
   const extractKey = createKeyExtractor(header)
   const scheme = header === 'authorization' ? 'Bearer' : 'ApiKey'
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
@@ -63,15 +67,48 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     return new ApiKeyForbiddenError()
   }
 
-  /** Authentication first (401), then the route's scopes (403); nothing here allocates on success. */
+  function overQuota (request: FastifyRequest, reply: FastifyReply, keyHash: string, retryAfterSeconds: number, startedAt: number): Error {
+    counters.rejections.quota++
+    if (startedAt !== 0) telemetry.authenticated('quota', keyHash, startedAt)
+    request.log.debug({ keyHash }, 'fastify-auth-cache: refused, the API key\'s owner is over its quota')
+    reply.header('retry-after', retryAfterSeconds)
+    return new ApiKeyQuotaExceededError()
+  }
+
+  /**
+   * Authentication first (401), then the route's scopes (403), then the quota (429); nothing
+   * here allocates on success, and a record without `quota` pays one property read for it.
+   */
   function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict,
-    settings: RouteSettings, source: Resolved['source'], startedAt: number): void {
+    settings: RouteSettings, source: Resolved['source'], startedAt: number): void | Promise<void> {
     if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash, startedAt)
     const scopes = settings.scopes
     if (scopes !== undefined && !holdsScopes(verdict, scopes.list)) throw forbid(request, reply, keyHash, scopes, startedAt)
-    if (usage !== undefined) usage.record(keyHash, verdict.id)
-    request.apiKey = verdict
+    const quota = verdict.quota
+    if (quota !== undefined) {
+      const spent = quotas.spend(verdict, quota, settings.cost)
+      if (spent !== 0) return acceptAfterQuota(request, reply, keyHash, verdict, spent, source, startedAt)
+    }
+    admit(request, keyHash, verdict, source, startedAt)
+  }
+
+  function admit (request: FastifyRequest, keyHash: string, record: ApiKeyRecord, source: Resolved['source'], startedAt: number): void {
+    if (usage !== undefined) usage.record(keyHash, record.id)
+    request.apiKey = record
     if (startedAt !== 0) telemetry.authenticated(source, keyHash, startedAt)
+  }
+
+  /** A request over the quota (a number: its Retry-After), or one that waits for a lease. */
+  function acceptAfterQuota (request: FastifyRequest, reply: FastifyReply, keyHash: string, record: ApiKeyRecord,
+    spent: Spent, source: Resolved['source'], startedAt: number): void | Promise<void> {
+    if (typeof spent === 'number') throw overQuota(request, reply, keyHash, spent, startedAt)
+    return spent.then((retryAfterSeconds) => {
+      if (retryAfterSeconds !== 0) throw overQuota(request, reply, keyHash, retryAfterSeconds, startedAt)
+      admit(request, keyHash, record, source, startedAt)
+    }, (err: unknown) => {
+      counters.backendErrors++
+      throw err
+    })
   }
 
   /** Throws the 401 or 403; returns a promise only when the cache must load. */

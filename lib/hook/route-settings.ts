@@ -16,10 +16,12 @@ export interface RouteSettings {
   readonly authenticate: boolean
   /** Undefined when any valid key will do. */
   readonly scopes: RequiredScopes | undefined
+  /** What one request spends of a record's `quota` (`config.apiKey.cost`, default 1). */
+  readonly cost: number
 }
 
-const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined })
-const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined })
+const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, cost: 1 })
+const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined, cost: 1 })
 
 type Config = Record<PropertyKey, unknown>
 
@@ -69,7 +71,7 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
   // Routes declared before the plugin, read on their first request (see settingsOf).
   const unseen = new WeakMap<Config, RouteSettings>()
 
-  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[] }`; anything else throws. */
+  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[], cost?: number }`; anything else throws. */
   function parse (apiKey: unknown, route: string): RouteSettings {
     if (apiKey === undefined || apiKey === true) return AUTHENTICATE
     if (apiKey === false) return OPEN
@@ -77,22 +79,24 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
       throw new InvalidOptionError('config.apiKey', `on route ${route}: ${why}`)
     }
     if (typeof apiKey !== 'object' || apiKey === null || Array.isArray(apiKey)) {
-      return invalid('must be true, false or { scopes: string[] }')
+      return invalid('must be true, false or { scopes: string[], cost: number }')
     }
     for (const name of Object.keys(apiKey)) {
-      if (name !== 'scopes') invalid(`unknown property "${name}" (only "scopes" is known)`)
+      if (name !== 'scopes' && name !== 'cost') invalid(`unknown property "${name}" (only "scopes" and "cost" are known)`)
     }
-    const { scopes } = apiKey as { scopes?: unknown }
-    if (scopes === undefined) return AUTHENTICATE
+    const { scopes, cost = 1 } = apiKey as { scopes?: unknown, cost?: unknown }
+    if (!Number.isSafeInteger(cost) || (cost as number) <= 0) invalid('cost must be a positive integer')
+    if (scopes === undefined) return cost === 1 ? AUTHENTICATE : Object.freeze({ authenticate: true, scopes: undefined, cost: cost as number })
     if (!Array.isArray(scopes)) return invalid('scopes must be an array of strings')
     for (const [i, scope] of scopes.entries()) {
       if (!isScope(scope)) invalid(`scopes[${i}] must be a non-empty string of printable ASCII without spaces, quotes or backslashes`)
     }
     const list: readonly string[] = Object.freeze([...new Set(scopes as string[])])
-    if (list.length === 0) return AUTHENTICATE
+    if (list.length === 0) return cost === 1 ? AUTHENTICATE : Object.freeze({ authenticate: true, scopes: undefined, cost: cost as number })
     return Object.freeze({
       authenticate: true,
-      scopes: Object.freeze({ list, challenge: `${forbiddenChallenge}${list.join(' ')}"` })
+      scopes: Object.freeze({ list, challenge: `${forbiddenChallenge}${list.join(' ')}"` }),
+      cost: cost as number
     })
   }
 
