@@ -7,8 +7,8 @@ import type { QuotaStore } from './quota-store'
 
 /** The window over which an owner's recent spending at this process is measured. */
 const RATE_WINDOW_MS = 100
-/** A lease holds this many windows of the owner's recent spending: one second of it. */
-const LEASE_WINDOWS = 10
+/** A lease holds this many windows of the owner's recent spending: half a second of it. */
+const LEASE_WINDOWS = 5
 /**
  * Below this spending per window (40 units a second at this process), the owner is served one
  * request at a time, each granted on need: exact, one round trip each, nothing held in advance.
@@ -56,7 +56,7 @@ class Lease {
     this.windowStart = now
   }
 
-  /** Units worth asking for ahead of need: one second of the recent rate, or 0 for a cold owner. */
+  /** Units worth asking for ahead of need: half a second at the recent rate, or 0 for a cold owner. */
   wanted (): number {
     const rate = Math.max(this.windowSpent, this.lastWindowSpent)
     return rate >= HOT_PER_WINDOW ? rate * LEASE_WINDOWS : 0
@@ -83,10 +83,11 @@ export interface QuotaLeasesOptions {
  * The quotas of one plugin registration. Each process spends an owner's quota from a lease
  * granted by the store in one atomic step, so nothing is spent that was not granted, and the
  * units spent in a period never exceed its limit across processes. A hot owner's lease is a
- * second of its recent spending, asked for before it runs out (one grant in flight per owner);
+ * half-second of its recent spending, asked for before it runs out (one grant in flight per owner);
  * a cold owner's requests are granted one at a time. Unused lease goes back to the pool when
  * the process has been idle for the owner for IDLE_RETURN_MS, and on `close`; a process that
- * dies loses its current lease (at most one second of its spending for that owner).
+ * dies loses its current lease (at most half a second of its spending for that owner at its
+ * busiest 100 ms, and any grant then in flight).
  */
 export class QuotaLeases {
   readonly #store: QuotaStore
