@@ -3,6 +3,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import Redis from 'ioredis'
+import type { ApiKeyRecord } from '../lib'
 import { Child, answerParent, tellParent } from '../test/helpers/child-process'
 import { requestPathCommandCalls } from '../test/helpers/command-stats'
 import { startRedis } from '../test/helpers/redis-server'
@@ -41,7 +42,7 @@ interface WorkerConfig {
 }
 
 /** Every key belongs to one owner: one hot owner. */
-function records (hashApiKey: (key: string) => string, quota: WorkerConfig['quota']): Map<string, Record<string, unknown>> {
+function records (hashApiKey: (key: string) => string, quota: WorkerConfig['quota']): Map<string, ApiKeyRecord> {
   return new Map(KEYS.map((key, i) => [hashApiKey(key), { id: `key-${i}`, ownerId: 'hot-owner', active: true, ...(quota !== undefined && { quota }) }]))
 }
 

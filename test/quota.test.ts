@@ -157,6 +157,15 @@ for (const backend of BACKENDS) {
       }
     })
 
+    test('clear() forgets cached records, never quota counts', async (t) => {
+      const keys = new Keys()
+      const key = keys.add({ id: 'cleared', active: true, quota: { limit: 3, period: 'hour' } })
+      const app = await build(t, backend, keys)
+      assert.deepEqual(await statuses(app, '/one', key, 2), [200, 200])
+      await app.apiKeyCache.clear()
+      assert.deepEqual(await statuses(app, '/one', key, 2), [200, 429])
+    })
+
     test('records without a quota are never limited by one', async (t) => {
       const keys = new Keys()
       const key = keys.add({ id: 'free', active: true })

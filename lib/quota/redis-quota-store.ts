@@ -10,13 +10,16 @@ import { GIVE_BACK_QUOTA, TAKE_QUOTA } from './scripts'
  */
 export const COUNT_GRACE_MS = 60_000
 
+/** What follows the API-key prefix in every count's key, and in no other key of ours. */
+export const QUOTA_KEY_MARK = '{q:'
+
 /**
  * The key of an owner's count for one period: `${keyPrefix}{q:<owner>}:<period>`. The owner's
  * hash tag comes after the prefix, so an ACL granting `~<keyPrefix>*` covers it and a Cluster
  * keeps every period of one owner in one slot; the owner is URI-encoded, so it holds no brace.
  */
 export function quotaKey (keyPrefix: string, owner: string, period: Period): string {
-  return `${keyPrefix}{q:${owner}}:${period.id}`
+  return `${keyPrefix}${QUOTA_KEY_MARK}${owner}}:${period.id}`
 }
 
 /** Counts shared by every process on one Redis (redis and tiered backends, Redis Cluster). */
