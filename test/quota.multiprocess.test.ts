@@ -148,7 +148,7 @@ describe('quotas on one Redis, four processes (each serving a memory, a redis an
 
   test('SIGKILL of a process holding a lease: nobody over-spends, and the loss is at most that lease', async (t) => {
     const quota = CRASH
-    const before: BurstResult = await victim.call('burst', { backend: 'redis', key: KEYS.crash, urls: ['/c1'], durationMs: 2000 })
+    const before: BurstResult = await victim.call('burst', { backend: 'redis', key: KEYS.crash, urls: ['/c1'], durationMs: 3000 })
     await victim.kill()
     const at = Date.now()
     const held = await counted(admin, 'k:crash', quota, at) - before.acceptedCost
@@ -157,11 +157,11 @@ describe('quotas on one Redis, four processes (each serving a memory, a redis an
     const drained: BurstResult = await workers[0]!.call('burst', { backend: 'redis', key: KEYS.crash, urls: ['/c1'], quietMs: QUIET_MS })
     const accepted = before.acceptedCost + total(survivors) + drained.acceptedCost
     const lost = quota.limit - accepted
-    t.diagnostic(`the victim accepted ${before.acceptedCost} in 2 s and died holding ${held}; ${lost} lost`)
+    t.diagnostic(`the victim accepted ${before.acceptedCost} in 3 s and died holding ${held}; ${lost} lost`)
     assert.ok(lost >= 0, `over-spent by ${-lost}`)
     assert.equal(lost, held, 'exactly the lease the victim held is lost')
-    // A lease is half a second at the owner's busiest 100 ms; the victim was spending for 2 s.
-    assert.ok(held <= before.acceptedCost, `held ${held}, spent ${before.acceptedCost} in 2 s`)
+    // A lease is at most a second at the owner's busiest recent 100 ms; the victim spent for 3 s.
+    assert.ok(held <= before.acceptedCost, `held ${held}, spent ${before.acceptedCost} in 3 s`)
   })
 
   test('memory backend: each process (each registration) has the whole quota of its own, exactly', async () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import diagnostics from 'node:diagnostics_channel'
 import { after, describe, test, type TestContext } from 'node:test'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import fastifyAuthCache, { generateApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
+import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
 import { isQuota, periodAt, secondsUntil } from '../lib/quota/period'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
@@ -26,6 +26,11 @@ class Keys {
     const { key, hash } = generateApiKey({ prefix: 'quota' })
     this.records.set(hash, record)
     return key
+  }
+
+  /** The source of truth changes the key's record. */
+  replace (key: string, record: ApiKeyRecord): void {
+    this.records.set(hashApiKey(key), record)
   }
 
   readonly lookup: NonNullable<ApiKeysOptions['lookup']> = async (keyHash) => {
@@ -155,6 +160,20 @@ for (const backend of BACKENDS) {
         assert.equal(answer.statusCode, 503, JSON.stringify(quota))
         assert.equal(answer.json().code, 'FST_API_KEY_LOOKUP_FAILED')
       }
+    })
+
+    test('a quota changed in the source of truth applies once the record is reloaded (at once after delete)', async (t) => {
+      const keys = new Keys()
+      const key = keys.add({ id: 'changing', active: true, quota: { limit: 2, period: 'hour' } })
+      const app = await build(t, backend, keys)
+      assert.deepEqual(await statuses(app, '/one', key, 3), [200, 200, 429])
+      keys.replace(key, { id: 'changing', active: true, quota: { limit: 5, period: 'hour' } })
+      assert.equal((await get(app, '/one', key)).statusCode, 429, 'the cached record still says 2')
+      await app.apiKeyCache.delete(hashApiKey(key))
+      assert.deepEqual(await statuses(app, '/one', key, 4), [200, 200, 200, 429], 'the same period\'s count, against the new limit')
+      keys.replace(key, { id: 'changing', active: true, quota: { limit: 1, period: 'hour' } })
+      await app.apiKeyCache.delete(hashApiKey(key))
+      assert.equal((await get(app, '/one', key)).statusCode, 429, 'lowered below what was spent')
     })
 
     test('clear() forgets cached records, never quota counts', async (t) => {

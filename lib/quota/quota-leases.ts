@@ -5,15 +5,18 @@ import type { ApiKeyRecord } from '../types'
 import { periodAt, secondsUntil, type ApiKeyQuota, type Period } from './period'
 import type { QuotaStore } from './quota-store'
 
-/** The window over which an owner's recent spending at this process is measured. */
-const RATE_WINDOW_MS = 100
-/** A lease holds this many windows of the owner's recent spending: half a second of it. */
-const LEASE_WINDOWS = 5
+/**
+ * The window over which an owner's recent spending at this process is measured. A lease is
+ * topped up to one window's spending when a quarter of that is left, so each grant brings at
+ * least three quarters of a second's worth, and the grant has a quarter of a second to come back. A second, not less: a process on a busy machine runs in bursts, and a
+ * shorter window would see a slower owner than there is, and hand out smaller leases.
+ */
+const RATE_WINDOW_MS = 1000
 /**
  * Below this spending per window (40 units a second at this process), the owner is served one
  * request at a time, each granted on need: exact, one round trip each, nothing held in advance.
  */
-const HOT_PER_WINDOW = 4
+const HOT_PER_WINDOW = 40
 /** A process that has not spent for an owner this long gives its unused lease back. */
 export const IDLE_RETURN_MS = 2_000
 const SWEEP_MS = 500
@@ -45,7 +48,8 @@ class Lease {
   emptyAt = -Infinity
   windowStart = 0
   windowSpent = 0
-  lastWindowSpent = 0
+  /** The last window's spending, per RATE_WINDOW_MS even when it lasted longer (an idle spell). */
+  lastWindowRate = 0
   lastSpentAt = 0
 
   constructor (owner: string, quota: ApiKeyQuota, now: number) {
@@ -56,17 +60,18 @@ class Lease {
     this.windowStart = now
   }
 
-  /** Units worth asking for ahead of need: half a second at the recent rate, or 0 for a cold owner. */
+  /** Units worth holding: one second at the recent rate, or 0 for a cold owner. */
   wanted (): number {
-    const rate = Math.max(this.windowSpent, this.lastWindowSpent)
-    return rate >= HOT_PER_WINDOW ? rate * LEASE_WINDOWS : 0
+    const rate = Math.max(this.windowSpent, this.lastWindowRate)
+    return rate >= HOT_PER_WINDOW ? rate : 0
   }
 
   count (cost: number, now: number): void {
     this.available -= cost
     this.lastSpentAt = now
-    if (now - this.windowStart >= RATE_WINDOW_MS) {
-      this.lastWindowSpent = now - this.windowStart < 2 * RATE_WINDOW_MS ? this.windowSpent : 0
+    const elapsed = now - this.windowStart
+    if (elapsed >= RATE_WINDOW_MS) {
+      this.lastWindowRate = Math.floor(this.windowSpent * RATE_WINDOW_MS / elapsed)
       this.windowStart = now
       this.windowSpent = 0
     }
@@ -83,11 +88,11 @@ export interface QuotaLeasesOptions {
  * The quotas of one plugin registration. Each process spends an owner's quota from a lease
  * granted by the store in one atomic step, so nothing is spent that was not granted, and the
  * units spent in a period never exceed its limit across processes. A hot owner's lease is a
- * half-second of its recent spending, asked for before it runs out (one grant in flight per owner);
+ * second of its recent spending, topped up before it runs out (one grant in flight per owner);
  * a cold owner's requests are granted one at a time. Unused lease goes back to the pool when
  * the process has been idle for the owner for IDLE_RETURN_MS, and on `close`; a process that
- * dies loses its current lease (at most half a second of its spending for that owner at its
- * busiest 100 ms, and any grant then in flight).
+ * dies loses its current lease (at most what it spent for that owner in its last second, or in
+ * the current one if more, and any grant then in flight).
  */
 export class QuotaLeases {
   readonly #store: QuotaStore
@@ -112,7 +117,7 @@ export class QuotaLeases {
     const lease = this.#leaseOf(record, quota, now)
     if (lease.available >= cost) {
       lease.count(cost, now)
-      if (lease.granting === undefined && lease.available * 2 < lease.wanted() && now - lease.emptyAt >= EMPTY_RECHECK_MS) {
+      if (lease.granting === undefined && lease.available * 4 < lease.wanted() && now - lease.emptyAt >= EMPTY_RECHECK_MS) {
         this.#grant(lease, lease.wanted() - lease.available).catch((err: unknown) => {
           this.#log.debug({ err }, 'fastify-auth-cache: a quota lease could not be renewed ahead of need')
         })
