@@ -175,6 +175,7 @@ export class QuotaLeases {
     lease.generation++
     lease.available = 0
     lease.granting = undefined
+    lease.waiting = 0
     lease.emptyAt = -Infinity
     lease.limit = quota.limit
     lease.periodOf = quota.period
@@ -183,7 +184,7 @@ export class QuotaLeases {
 
   /** Takes a lease on need; everyone waiting shares one grant in flight per owner. */
   async #spendAfterGrant (lease: Lease, cost: number): Promise<number> {
-    const generation = lease.generation
+    let generation = lease.generation
     lease.waiting += cost
     try {
       // Each pass either ends or waits for a grant that either hands out units or finds the pool
@@ -192,7 +193,12 @@ export class QuotaLeases {
         if (lease.granting === undefined) await this.#grant(lease, Math.max(lease.waiting, lease.wanted()))
         else await lease.granting
         const now = Date.now()
-        if (lease.generation !== generation) break
+        if (lease.generation !== generation) {
+          // A new period began (or the quota changed) while this request waited: it waits in it.
+          generation = lease.generation
+          lease.waiting += cost
+          continue
+        }
         if (lease.available >= cost) {
           lease.count(cost, now)
           return 0
