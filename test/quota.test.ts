@@ -4,6 +4,7 @@ import { after, describe, test, type TestContext } from 'node:test'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
 import { isQuota, periodAt, secondsUntil } from '../lib/quota/period'
+import { quotaKey } from '../lib/quota/redis-quota-store'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
 import { until } from './helpers/wait'
@@ -207,6 +208,20 @@ describe('route cost', () => {
       }
     })
   }
+})
+
+describe('leases', () => {
+  test('a hot owner\'s unused lease goes back to Redis on close: Redis then counts exactly what was accepted', async (t) => {
+    const keys = new Keys()
+    const key = keys.add({ id: 'hot', active: true, quota: { limit: 1_000_000, period: 'day' } })
+    const app = await build(t, 'redis', keys)
+    const quotaCount = (): Promise<string | null> => redis.admin.hget(quotaKey(`quota-${apps}:`, 'k:hot', periodAt('day', Date.now())), 'n')
+    const accepted = (await statuses(app, '/one', key, 400)).filter((status) => status === 200).length
+    assert.equal(accepted, 400)
+    assert.ok(Number(await quotaCount()) > accepted, `a lease is held beyond what was spent: ${await quotaCount()} counted for ${accepted} spent`)
+    await app.close()
+    assert.equal(Number(await quotaCount()), accepted)
+  })
 })
 
 describe('quotas when Redis cannot grant a lease', () => {
