@@ -22,6 +22,14 @@ export const ApiKeyForbiddenError = createError<[]>(
 export const ApiKeyLookupFailedError = createError<[]>(
   'FST_API_KEY_LOOKUP_FAILED', 'API key could not be verified, try again later', 503, Error, NO_STACK)
 
+/** The owner's quota for the current period is spent; `Retry-After` says when it starts again. */
+export const ApiKeyQuotaExceededError = createError<[]>(
+  'FST_API_KEY_QUOTA_EXCEEDED', 'API key quota exceeded for this period', 429, Error, NO_STACK)
+
+/** A quota lease was needed and the store could not grant one within `redisTimeoutMs`. */
+export const QuotaUnavailableError = createError<[]>(
+  'FST_API_KEY_QUOTA_UNAVAILABLE', 'API key quota could not be checked, try again later', 503, Error, NO_STACK)
+
 /** A Redis call did not answer within its bound (`redisTimeoutMs` on the request path, 5 s elsewhere). */
 export const RedisTimeoutError = createError<[number]>(
   'FST_AUTH_CACHE_REDIS_TIMEOUT', 'Redis did not answer within %d ms', 500, Error, NO_STACK)

@@ -13,5 +13,5 @@ export type {
   FastifyAuthCacheOptions, ApiKeysOptions, CredentialsOptions, ApiKeyLookup,
   GeneratedApiKey, CredentialSerializer, SerializerContext, EncryptionKeys, ApiKeyRateLimit, RateLimitByApiKeyOptions,
   ApiKeyUsage, UsageReporter, ApiKeyCache, ApiKeyCacheStats, CredentialStore, UpdateOptions, GetFreshOptions,
-  SecretScanningOptions, LeakedApiKey, OnLeak, PublicKeysDocument, SerializableRequest, SerializedRequest
+  SecretScanningOptions, LeakedApiKey, OnLeak, PublicKeysDocument, SerializableRequest, SerializedRequest, ApiKeyQuota
 } from './index.js'

@@ -12,6 +12,7 @@ import { jsonSerializer } from './credentials/serializer'
 import type * as serializer from './credentials/serializer'
 import * as errors from './errors'
 import type * as options from './options'
+import type * as quota from './quota/period'
 import { plugin } from './plugin'
 import { rateLimitByApiKey } from './rate-limit/rate-limit-by-api-key'
 import { redactingRequestSerializer } from './redacting-request-serializer'
@@ -42,10 +43,11 @@ declare module 'fastify' {
      * `false` opts the route out of API-key authentication; `true` or absent authenticates;
      * `{ scopes }` also requires every listed scope of the key's record (else 403);
      * `{ optional: true }` runs the route without a key (`request.apiKey` null) and checks a key
-     * that is sent. (`& object` keeps a string from passing where Fastify infers the route's
-     * config type from its value.)
+     * that is sent; `cost` is what one request spends of the owner's quota (a positive integer,
+     * default 1). (`& object` keeps a string from passing where Fastify infers the route's config
+     * type from its value.)
      */
-    apiKey?: boolean | ({ scopes?: readonly string[], optional?: boolean } & object)
+    apiKey?: boolean | ({ scopes?: readonly string[], optional?: boolean, cost?: number } & object)
   }
 }
 
@@ -122,6 +124,7 @@ declare namespace fastifyAuthCache {
   export type PublicKeysDocument = signature.PublicKeysDocument
   export type SerializableRequest = redacting.SerializableRequest
   export type SerializedRequest = redacting.SerializedRequest
+  export type ApiKeyQuota = quota.ApiKeyQuota
 }
 
 export = fastifyAuthCache

@@ -24,6 +24,9 @@ import type { RedisAdapter } from './redis/client'
 import { RedisGuard } from './redis/guard'
 import { MAIN_PLUGIN_HANDOFF, type MainPluginHandoff } from './secret-scanning/handoff'
 import { createTelemetry } from './telemetry'
+import { MemoryQuotaStore } from './quota/memory-quota-store'
+import { QuotaLeases } from './quota/quota-leases'
+import { RedisQuotaStore } from './quota/redis-quota-store'
 import { UsageRecorder } from './usage/usage-recorder'
 
 // `app.ready()` waits this long at most for the tiered backend to be able to serve from memory.
@@ -109,6 +112,13 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     : new UsageRecorder({ onUsage: apiKeys.onUsage, flushMs: apiKeys.usageFlushMs, max: apiKeys.max, counters, log: fastify.log })
   if (usage !== undefined) fastify.addHook('onClose', () => usage.close())
 
+  // Quotas are counted where the API-key cache lives: in this registration's memory, or in Redis.
+  const quotas = new QuotaLeases({
+    store: backend === 'memory' ? new MemoryQuotaStore() : new RedisQuotaStore(redis!, guard, apiKeys.keyPrefix),
+    log: fastify.log
+  })
+  fastify.addHook('onClose', () => quotas.close())
+
   const scheme = apiKeys.header[0] === 'authorization' ? 'Bearer' : 'ApiKey'
   // Route config is read at declaration, with or without the hook: verifyApiKey enforces scopes too.
   const routes = createRouteSettings({ scheme, realm: apiKeys.realm })
@@ -125,7 +135,8 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     realm: apiKeys.realm,
     formatPrefix: apiKeys.format?.prefix,
     routes,
-    usage
+    usage,
+    quotas
   })
   fastify.decorate('verifyApiKey', authenticator.verify)
   fastify.decorate(MAIN_PLUGIN_HANDOFF, { lookup: apiKeys.lookup, lookupTimeoutMs: apiKeys.lookupTimeoutMs, formatPrefix: apiKeys.format?.prefix } satisfies MainPluginHandoff)

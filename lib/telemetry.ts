@@ -14,9 +14,9 @@ const lookupChannel = diagnostics.channel('fastify-auth-cache:lookup')
 
 /**
  * How a request's authentication ended; hit, miss and stale are accepted requests, anonymous a
- * request without a key on a route whose key is optional.
+ * request without a key on a route whose key is optional, quota a 429.
  */
-export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed' | 'anonymous'
+export type AuthOutcome = 'hit' | 'miss' | 'stale' | 'missing' | 'malformed' | 'unknown' | 'inactive' | 'expired' | 'forbidden' | 'lookup-failed' | 'anonymous' | 'quota'
 export type InvalidationEvent = 'delete' | 'clear' | 'owner' | 'trust-lost' | 'trust-regained'
 
 interface Instruments {

@@ -1,4 +1,5 @@
 import type entry = require('./index')
+import type { ApiKeyQuota } from './quota/period'
 
 /**
  * The user's own types, declared by merging into the interface the package's entry exports
@@ -17,6 +18,8 @@ export interface BaseApiKeyRecord {
    * address is a 403. An empty list admits none; absent admits every address.
    */
   allowedIps?: readonly string[]
+  /** At most `limit` units of route cost per period, shared by every key of the owner (`ownerId`, else `id`). */
+  quota?: ApiKeyQuota
   [property: string]: unknown
 }
 

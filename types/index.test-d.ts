@@ -6,7 +6,7 @@ import fastifyAuthCache, {
   encryptedSerializer, fastifyAuthCache as named, generateApiKey, hashApiKey, isWellFormedApiKey, jsonSerializer, rateLimitByApiKey,
   redactingRequestSerializer, type BaseApiKeyRecord, type SerializedRequest,
   type ApiKeyCacheStats, type ApiKeyUsage, type CredentialSerializer, type FastifyAuthCacheOptions, type GeneratedApiKey, type GetFreshOptions,
-  type RateLimitByApiKeyOptions
+  type RateLimitByApiKeyOptions, type ApiKeyQuota
 } from '..'
 
 // The user's own types, declared once by declaration merging.
@@ -90,6 +90,13 @@ app.get('/plain', { config: { apiKey: {} } }, async () => 'ok')
 expectError(app.get('/bad', { config: { apiKey: { scopes: 'orders:write' } } }, async () => 'ok'))
 expectError(app.get('/bad', { config: { apiKey: 'yes' } }, async () => 'ok'))
 expectError(app.get('/bad', { config: { apiKey: { scopes: [1] } } }, async () => 'ok'))
+
+// Quotas: a route's cost, and the record's quota.
+app.get('/report', { config: { apiKey: { scopes: ['orders:read'], cost: 10 } } }, async () => 'ok')
+expectError(app.get('/bad', { config: { apiKey: { cost: '10' } } }, async () => 'ok'))
+expectAssignable<ApiKeyQuota>({ limit: 1000, period: 'month' })
+expectAssignable<ApiKeyQuota>({ limit: 1000, period: 2000 })
+expectError<ApiKeyQuota>({ limit: 1000, period: 'week' })
 
 // Per-key rate limits: the options go to @fastify/rate-limit as they are.
 const limits = rateLimitByApiKey({ max: 100, timeWindowMs: 60_000 })

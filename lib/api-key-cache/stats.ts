@@ -1,7 +1,10 @@
 import type { RejectReason } from '../api-keys/record'
 
-/** Why a request was refused: a 401 for all but `forbidden`, the 403 of a key lacking a route scope or used from outside its `allowedIps`. */
-export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden'
+/**
+ * Why a request was refused: a 401 for all but `forbidden` (the 403 of a key lacking a route
+ * scope or used from outside its `allowedIps`) and `quota` (the 429 of an owner past its quota).
+ */
+export type Rejection = 'missing' | 'malformed' | RejectReason | 'forbidden' | 'quota'
 
 export interface ApiKeyCacheStats {
   /** Answers served from the cache: records. */
@@ -27,8 +30,8 @@ export interface ApiKeyCacheStats {
   /** Requests without a key that ran a route whose key is optional (`config.apiKey.optional`). */
   anonymous: number
   /**
-   * Requests refused with 401 by reason, and with 403 (`forbidden`: a key lacking a route scope,
-   * or used from an address outside its `allowedIps`).
+   * Requests refused with 401 by reason, with 403 (`forbidden`: a key lacking a route scope, or
+   * used from an address outside its `allowedIps`) and with 429 (`quota`).
    */
   rejections: Record<Rejection, number>
   /** Uses of a key that `onUsage` will not hear of: `apiKeys.max` keys were already held between calls. */
@@ -50,7 +53,7 @@ export function createCounters (): Counters {
     staleServed: 0,
     refreshes: 0,
     anonymous: 0,
-    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0 },
+    rejections: { missing: 0, malformed: 0, unknown: 0, inactive: 0, expired: 0, forbidden: 0, quota: 0 },
     usageDropped: 0
   }
 }

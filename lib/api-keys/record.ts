@@ -1,4 +1,5 @@
 import sjson from 'secure-json-parse'
+import { isQuota } from '../quota/period'
 import type { ApiKeyRecord } from '../types'
 import { rememberAddressList } from './allowed-ips'
 
@@ -9,6 +10,7 @@ import { rememberAddressList } from './allowed-ips'
  * does not count. Every record reaches process memory through here (from `lookup`, from Redis,
  * from `apiKeyCache.set`), so its address list is parsed here, once per record object, and
  * never on a request.
+ * A `quota` must be well formed (a malformed one is an invalid record, never unlimited).
  */
 export function isApiKeyRecord (value: unknown): value is ApiKeyRecord {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false
@@ -16,6 +18,7 @@ export function isApiKeyRecord (value: unknown): value is ApiKeyRecord {
   return Object.hasOwn(record, 'id') && typeof record.id === 'string' &&
     Object.hasOwn(record, 'active') && typeof record.active === 'boolean' &&
     (record.expiresAt === undefined || (Object.hasOwn(record, 'expiresAt') && typeof record.expiresAt === 'number' && !Number.isNaN(record.expiresAt))) &&
+    (record.quota === undefined || isQuota(record.quota)) &&
     (record.allowedIps === undefined || rememberAddressList(record, record.allowedIps))
 }
 

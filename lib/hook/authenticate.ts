@@ -5,7 +5,8 @@ import { hashApiKey } from '../api-keys/hash'
 import { addressListOf, admitsAddress } from '../api-keys/allowed-ips'
 import { isWellFormedApiKey } from '../api-keys/key-format'
 import { holdsScopes } from '../api-keys/scopes'
-import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError } from '../errors'
+import { ApiKeyForbiddenError, ApiKeyInvalidError, ApiKeyLookupFailedError, ApiKeyMissingError, ApiKeyQuotaExceededError } from '../errors'
+import type { QuotaLeases, Spent } from '../quota/quota-leases'
 import type { Telemetry } from '../telemetry'
 import type { ApiKeyRecord } from '../types'
 import type { UsageRecorder } from '../usage/usage-recorder'
@@ -23,6 +24,8 @@ export interface AuthenticatorOptions extends KeySources {
   routes: RouteSettingsReader
   /** Counts accepted requests for `apiKeys.onUsage`; undefined without it. */
   usage: UsageRecorder | undefined
+  /** Spends the quotas of records that have one. */
+  quotas: QuotaLeases
 }
 
 export interface Authenticator {
@@ -37,7 +40,7 @@ function finishLater (pending: Promise<void>, done: (err?: Error) => void): void
 }
 
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
-  const { resolver, counters, telemetry, formatPrefix, routes, usage } = options
+  const { resolver, counters, telemetry, formatPrefix, routes, usage, quotas } = options
   const extractKey = createKeyReader(options)
   // The challenge speaks the scheme of the first listed header.
   const scheme = options.headers[0] === 'authorization' ? 'Bearer' : 'ApiKey'
@@ -82,19 +85,37 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
     if (startedAt !== 0) telemetry.authenticated('anonymous', undefined, startedAt)
   }
 
+  function overQuota (request: FastifyRequest, reply: FastifyReply, keyHash: string, retryAfterSeconds: number, startedAt: number): Error {
+    counters.rejections.quota++
+    if (startedAt !== 0) telemetry.authenticated('quota', keyHash, startedAt)
+    request.log.debug({ keyHash }, 'fastify-auth-cache: refused, the API key\'s owner is over its quota')
+    reply.header('retry-after', retryAfterSeconds)
+    return new ApiKeyQuotaExceededError()
+  }
+
   /**
    * Authentication first (401), then the key's address list (403, no challenge: the key may not
-   * be used from here, whatever the route), then the route's scopes (403); nothing here
-   * allocates on success, and a record without `allowedIps` costs one property read for them.
+   * be used from here, whatever the route), then the route's scopes (403), then the quota (429);
+   * nothing here allocates on success, and a record without `allowedIps` or `quota` costs one
+   * property read for each.
    */
   function accept (request: FastifyRequest, reply: FastifyReply, keyHash: string, verdict: Verdict,
-    settings: RouteSettings, source: Resolved['source'], startedAt: number): void {
+    settings: RouteSettings, source: Resolved['source'], startedAt: number): void | Promise<void> {
     if (typeof verdict === 'string') throw refuse(request, reply, verdict, keyHash, startedAt)
     if (verdict.allowedIps !== undefined) checkAddress(request, keyHash, verdict, startedAt)
     const scopes = settings.scopes
     if (scopes !== undefined && !holdsScopes(verdict, scopes.list)) throw forbid(request, reply, keyHash, scopes, startedAt)
-    if (usage !== undefined) usage.record(keyHash, verdict.id)
-    request.apiKey = verdict
+    const quota = verdict.quota
+    if (quota !== undefined) {
+      const spent = quotas.spend(verdict, quota, settings.cost)
+      if (spent !== 0) return acceptAfterQuota(request, reply, keyHash, verdict, spent, source, startedAt)
+    }
+    admit(request, keyHash, verdict, source, startedAt)
+  }
+
+  function admit (request: FastifyRequest, keyHash: string, record: ApiKeyRecord, source: Resolved['source'], startedAt: number): void {
+    if (usage !== undefined) usage.record(keyHash, record.id)
+    request.apiKey = record
     if (startedAt !== 0) telemetry.authenticated(source, keyHash, startedAt)
   }
 
@@ -107,6 +128,19 @@ export function createAuthenticator (options: AuthenticatorOptions): Authenticat
       throw new ApiKeyLookupFailedError()
     }
     if (!admitsAddress(list, request.ip)) throw forbidAddress(request, keyHash, startedAt)
+  }
+
+  /** A request over the quota (a number: its Retry-After), or one that waits for a lease. */
+  function acceptAfterQuota (request: FastifyRequest, reply: FastifyReply, keyHash: string, record: ApiKeyRecord,
+    spent: Spent, source: Resolved['source'], startedAt: number): void | Promise<void> {
+    if (typeof spent === 'number') throw overQuota(request, reply, keyHash, spent, startedAt)
+    return spent.then((retryAfterSeconds) => {
+      if (retryAfterSeconds !== 0) throw overQuota(request, reply, keyHash, retryAfterSeconds, startedAt)
+      admit(request, keyHash, record, source, startedAt)
+    }, (err: unknown) => {
+      counters.backendErrors++
+      throw err
+    })
   }
 
   /** Throws the 401 or 403; returns a promise only when the cache must load. */

@@ -19,11 +19,13 @@ export interface RouteSettings {
   readonly scopes: RequiredScopes | undefined
   /** Whether a request without a key runs the route (`request.apiKey` null); a key sent is still checked. */
   readonly optional: boolean
+  /** What one request spends of a record's `quota` (`config.apiKey.cost`, default 1). */
+  readonly cost: number
 }
 
-const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, optional: false })
-const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined, optional: false })
-const OPTIONAL: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, optional: true })
+const AUTHENTICATE: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, optional: false, cost: 1 })
+const OPEN: RouteSettings = Object.freeze({ authenticate: false, scopes: undefined, optional: false, cost: 1 })
+const OPTIONAL: RouteSettings = Object.freeze({ authenticate: true, scopes: undefined, optional: true, cost: 1 })
 
 type Config = Record<PropertyKey, unknown>
 
@@ -73,7 +75,7 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
   // Routes declared before the plugin loaded, read on their first request (see settingsOf).
   const unseen = new WeakMap<Config, RouteSettings>()
 
-  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[], optional?: boolean }`; anything else throws. */
+  /** `config.apiKey` of a route: `false`, `true`, absent, or `{ scopes?: string[], optional?: boolean, cost?: number }`; anything else throws. */
   function parse (apiKey: unknown, route: string): RouteSettings {
     if (apiKey === undefined || apiKey === true) return AUTHENTICATE
     if (apiKey === false) return OPEN
@@ -81,14 +83,17 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
       throw new InvalidOptionError('config.apiKey', `on route ${route}: ${why}`)
     }
     if (typeof apiKey !== 'object' || apiKey === null || Array.isArray(apiKey)) {
-      return invalid('must be true, false or { scopes?: string[], optional?: boolean }')
+      return invalid('must be true, false or { scopes?: string[], optional?: boolean, cost?: number }')
     }
     for (const name of Object.keys(apiKey)) {
-      if (name !== 'scopes' && name !== 'optional') invalid(`unknown property "${name}" (only "scopes" and "optional" are known)`)
+      if (name !== 'scopes' && name !== 'optional' && name !== 'cost') invalid(`unknown property "${name}" (only "scopes", "optional" and "cost" are known)`)
     }
-    const { scopes, optional = false } = apiKey as { scopes?: unknown, optional?: unknown }
+    const { scopes, optional = false, cost = 1 } = apiKey as { scopes?: unknown, optional?: unknown, cost?: unknown }
     if (typeof optional !== 'boolean') invalid('optional must be a boolean')
-    const plain = optional === true ? OPTIONAL : AUTHENTICATE
+    if (!Number.isSafeInteger(cost) || (cost as number) <= 0) invalid('cost must be a positive integer')
+    const plain = cost === 1
+      ? (optional === true ? OPTIONAL : AUTHENTICATE)
+      : Object.freeze({ authenticate: true, scopes: undefined, optional: optional as boolean, cost: cost as number })
     if (scopes === undefined) return plain
     if (!Array.isArray(scopes)) return invalid('scopes must be an array of strings')
     for (const [i, scope] of scopes.entries()) {
@@ -99,7 +104,8 @@ export function createRouteSettings (options: RouteSettingsOptions): RouteSettin
     return Object.freeze({
       authenticate: true,
       scopes: Object.freeze({ list, challenge: `${forbiddenChallenge}${list.join(' ')}"` }),
-      optional: optional as boolean
+      optional: optional as boolean,
+      cost: cost as number
     })
   }
 

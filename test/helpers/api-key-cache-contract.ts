@@ -519,7 +519,7 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
         lookupErrors: 3,
         backendErrors: 0,
         invalidations: 0,
-        rejections: { missing: 1, malformed: 1, unknown: 2, inactive: 2, expired: 1, forbidden: 0 },
+        rejections: { missing: 1, malformed: 1, unknown: 2, inactive: 2, expired: 1, forbidden: 0, quota: 0 },
         usageDropped: 0
       }
       for (const [name, value] of Object.entries(expected)) {
