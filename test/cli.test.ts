@@ -15,20 +15,11 @@ import { runCli, type CliRun } from './helpers/cli-process'
 import { record } from './helpers/key-source'
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server'
 import { createLeastPrivilegeUser } from './helpers/redis-topologies'
-import { setRecordEverywhere, TieredWorker } from './helpers/tiered-worker-process'
+import { setRecordEverywhere, TieredWorker, untilCachedIn } from './helpers/tiered-worker-process'
 import { until } from './helpers/wait'
 
 const FAILURE_BOUND_MS = 10_000
 const newKey = (): { key: string, hash: string } => generateApiKey({ prefix: 'cli' })
-
-/** Requests `key` in `worker` until a request makes no lookup call: it is in the worker's memory. */
-async function untilCachedIn (worker: TieredWorker, key: string): Promise<void> {
-  await until(`${worker.name} serves the key from memory`, async () => {
-    const before = (await worker.stats()).lookupCalls
-    assert.equal((await worker.request(key)).status, 200)
-    return (await worker.stats()).lookupCalls === before
-  })
-}
 
 function assertSucceeded (run: CliRun, what: string): void {
   assert.equal(run.code, 0, `${what}: exit ${run.code}; stderr: ${run.stderr}`)

@@ -9,19 +9,10 @@ import { after, before, describe, test } from 'node:test'
 import { generateApiKey } from '../lib'
 import { record } from './helpers/key-source'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { setRecordEverywhere, TieredWorker } from './helpers/tiered-worker-process'
+import { setRecordEverywhere, TieredWorker, untilCachedIn } from './helpers/tiered-worker-process'
 import { until } from './helpers/wait'
 
 const newKey = (): { key: string, hash: string } => generateApiKey({ prefix: 'owner' })
-
-/** Requests `key` in `worker` until a request makes no lookup call: it is in the worker's memory. */
-async function untilCachedIn (worker: TieredWorker, key: string): Promise<void> {
-  await until(`${worker.name} serves the key from memory`, async () => {
-    const before = (await worker.stats()).lookupCalls
-    assert.equal((await worker.request(key)).status, 200)
-    return (await worker.stats()).lookupCalls === before
-  })
-}
 
 describe('deleteOwner across processes of the tiered backend', () => {
   let redis: RedisServer

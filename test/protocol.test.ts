@@ -12,7 +12,7 @@ import { promisify } from 'node:util'
 import { generateApiKey } from '../lib'
 import { record } from './helpers/key-source'
 import { startRedis, type RedisServer } from './helpers/redis-server'
-import { setRecordEverywhere, TieredWorker } from './helpers/tiered-worker-process'
+import { setRecordEverywhere, TieredWorker, untilCachedIn } from './helpers/tiered-worker-process'
 import { until } from './helpers/wait'
 
 const run = promisify(execFile)
@@ -22,14 +22,6 @@ const newKey = (): { key: string, hash: string } => generateApiKey({ prefix: 'pr
 
 /** A revoker's instance id, as the page asks: fresh random hex, no colon. */
 const instance = randomBytes(8).toString('hex')
-
-async function untilCachedIn (worker: TieredWorker, key: string): Promise<void> {
-  await until(`${worker.name} serves the key from memory`, async () => {
-    const before = (await worker.stats()).lookupCalls
-    assert.equal((await worker.request(key)).status, 200)
-    return (await worker.stats()).lookupCalls === before
-  })
-}
 
 describe('revoking with redis-cli, following docs/protocol.md only', () => {
   let redis: RedisServer

@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict'
+import { until } from './wait'
 import { join } from 'node:path'
 import type { ApiKeyCacheStats, ApiKeyRecord } from '../../lib'
 import { Child } from './child-process'
@@ -119,4 +121,13 @@ export class TieredWorker {
 /** Every worker learns the same truth before the test goes on. */
 export async function setRecordEverywhere (workers: TieredWorker[], hash: string, record: ApiKeyRecord | null): Promise<void> {
   await Promise.all(workers.map((worker) => worker.setRecord(hash, record)))
+}
+
+/** Requests `key` in `worker` until a request makes no lookup call: it is in the worker's memory. */
+export async function untilCachedIn (worker: TieredWorker, key: string): Promise<void> {
+  await until(`${worker.name} serves the key from memory`, async () => {
+    const before = (await worker.stats()).lookupCalls
+    assert.equal((await worker.request(key)).status, 200)
+    return (await worker.stats()).lookupCalls === before
+  })
 }
