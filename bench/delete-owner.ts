@@ -7,7 +7,7 @@ import type { Verdicts } from './delete-owner-peer'
 
 /**
  * `apiKeyCache.deleteOwner` of an owner with many cached keys, across tiered processes:
- *   npx tsx bench/delete-owner.ts [ownerKeys=10000] [processes=4] [rounds=3] [otherKeys=1000]
+ *   npm run bench:delete-owner -- [ownerKeys=10000] [processes=4] [rounds=3] [otherKeys=1000]
  * Every process holds every key in memory (and Redis holds them too). Process 1 calls
  * deleteOwner; each other process is timed from that call to the moment it heard the owner's
  * message (its memory is rid of the owner's keys from then on). Afterwards every key is asked

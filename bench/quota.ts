@@ -11,7 +11,7 @@ import { benchKeys } from './keys'
 import { median } from './percentiles'
 
 /**
- * `npx tsx bench/quota.ts` (after `npm run build`): what a quota (CONTRACT section 14) costs.
+ * `npm run bench:quota`: what a quota (CONTRACT section 14) costs.
  *
  * 1. The hook's cost with a quota over the same hook without one: in one process, with
  *    `inject()`, paired rounds over a bare app as bench/hook.ts measures (tiered backend, every
