@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RedisAdapter, RedisSubscriber } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
+import { workerClock } from '../worker-clock'
 
 /**
  * The invalidation channel shared by every process of one app, its whole protocol in one place
@@ -24,8 +25,8 @@ import type { RedisGuard } from '../redis/guard'
  * order) echoes back. An echo of a heartbeat sent at S proves that everything published before S
  * has been read, so memory is trusted until S + TRUST_DEADLINE_MS and no longer: a link that
  * delivers every byte seconds late loses trust within the deadline, however steady its echoes,
- * and so does a process whose event loop was stalled (the deadline is checked against the real
- * clock on each use). Each process hears only its own heartbeats, so what an idle process costs
+ * and so does a process whose event loop was stalled (the deadline is checked on each use
+ * against a clock that a worker thread keeps running). Each process hears only its own heartbeats, so what an idle process costs
  * Redis does not grow with the number of processes.
  */
 
@@ -123,6 +124,7 @@ export class InvalidationBus {
   // What listeners were last told; a lapse of #trustedUntil is told at the next heartbeat or echo.
   #announced = false
   #epoch = 0
+  readonly #clock = workerClock()
   #timer: NodeJS.Timeout | undefined
   #closed = false
   #waiters: Array<() => void> = []
@@ -140,12 +142,13 @@ export class InvalidationBus {
   }
 
   /**
-   * Whether process memory may answer now. Reads the real clock: after a stalled event loop
-   * (a long synchronous task, a GC pause) the first use finds the deadline passed, before any
-   * timer or queued message has run.
+   * Whether process memory may answer now. Reads a clock that a worker thread keeps running
+   * (worker-clock.ts): after a stalled event loop (a long synchronous task, a GC pause) the first
+   * use finds the deadline passed, before any timer or queued message has run, at the cost of one
+   * memory load.
    */
   get trusted (): boolean {
-    return performance.now() < this.#trustedUntil
+    return this.#clock[0]! < this.#trustedUntil
   }
 
   /**
