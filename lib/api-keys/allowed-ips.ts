@@ -15,6 +15,12 @@ export interface AddressList {
   /** [network, mask, network, mask, ...], unsigned 32-bit. */
   readonly v4: readonly number[]
   readonly v6: ReadonlyArray<{ readonly groups: readonly number[], readonly prefix: number }>
+  /**
+   * The address last checked against this list, and the answer: a key is mostly used from one
+   * address at a time, so most requests compare one string instead of parsing the address.
+   */
+  lastAddress: string | undefined
+  lastAdmits: boolean
 }
 
 /** The 32-bit value of a dotted quad that `net.isIPv4` accepts; -1 for anything else. */
@@ -150,7 +156,7 @@ export function parseAddressList (list: unknown): AddressList | undefined {
   for (const entry of list) {
     if (!addEntry(entry, v4, v6)) return undefined
   }
-  return { v4, v6 }
+  return { v4, v6, lastAddress: undefined, lastAdmits: false }
 }
 
 function inV6Range (groups: readonly number[], range: AddressList['v6'][number]): boolean {
@@ -173,6 +179,14 @@ function admitsV4 (list: AddressList, value: number): boolean {
 /** Whether `address` (Fastify's `request.ip`) is in the list; anything that is not an address is not. */
 export function admitsAddress (list: AddressList, address: string | undefined): boolean {
   if (typeof address !== 'string') return false
+  if (address === list.lastAddress) return list.lastAdmits
+  const admits = checkAddress(list, address)
+  list.lastAddress = address
+  list.lastAdmits = admits
+  return admits
+}
+
+function checkAddress (list: AddressList, address: string): boolean {
   const value = ipv4Value(address)
   if (value !== -1) return admitsV4(list, value)
   const zone = address.indexOf('%')
