@@ -80,7 +80,14 @@ async function counted (client: Redis | Cluster, owner: string, quota: ApiKeyQuo
 async function assertExact (workers: Child[], client: Redis | Cluster, backend: string, owner: string, key: string, quota: ApiKeyQuota, urls: string[]): Promise<{ first: number, rest: number }> {
   const at = Date.now()
   const results: BurstResult[] = await Promise.all(workers.map((worker) => worker.call('burst', { backend, key, urls, quietMs: QUIET_MS })))
-  for (const result of results) assert.equal(result.unavailable + result.other, 0, JSON.stringify(result))
+  for (const result of results) {
+    assert.equal(result.other, 0, JSON.stringify(result))
+    // A 503 FST_API_KEY_QUOTA_UNAVAILABLE (a lease call that failed, or Redis skipped for its
+    // backoff after a failure) is what the contract allows a loaded machine's Redis to cause, as
+    // long as nothing is over-spent; the exact sums below still hold, or fail, whatever caused it.
+    const requests = result.accepted + result.refused + result.unavailable
+    assert.ok(result.unavailable <= Math.max(5, requests / 100), `few requests found no lease in time: ${JSON.stringify(result)}`)
+  }
   const first = total(results)
   assert.ok(first <= quota.limit, `accepted ${first} of ${quota.limit}`)
   assert.ok(results.every((result) => result.refused > 0), 'every process was refused at the end')
