@@ -3,7 +3,7 @@ import { Worker } from 'node:worker_threads'
 /**
  * How often the worker clock advances, in ms: the most it lags behind the real time.
  */
-export const WORKER_TICK_MS = 5
+const WORKER_TICK_MS = 5
 
 // Written by the worker, read by the main thread: one aligned 8-byte value, which 64-bit
 // hardware loads and stores whole.

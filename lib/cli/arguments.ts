@@ -16,7 +16,7 @@ export class UsageError extends Error {
   override name = 'UsageError'
 }
 
-export const DEFAULT_PREFIX = 'apikey:'
+const DEFAULT_PREFIX = 'apikey:'
 
 export const USAGE = `Usage:
   fastify-auth-cache revoke <key>            revoke one API key (its SHA-256 is used, never the key)

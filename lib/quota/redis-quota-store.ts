@@ -8,7 +8,7 @@ import { GIVE_BACK_QUOTA, TAKE_QUOTA } from './scripts'
  * A count outlives its period by this much, so that a process whose clock is behind by less
  * still finds it rather than a fresh zero (which would let it spend the limit again).
  */
-export const COUNT_GRACE_MS = 60_000
+const COUNT_GRACE_MS = 60_000
 
 /** What follows the API-key prefix in every count's key, and in no other key of ours. */
 export const QUOTA_KEY_MARK = '{q:'

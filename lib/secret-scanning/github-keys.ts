@@ -5,7 +5,7 @@ import { SecretScanningKeysUnavailableError } from '../errors'
 import { parsePublicKeys } from './signature'
 
 /** The bound on one fetch of the keys, headers and body together. */
-export const KEYS_FETCH_TIMEOUT_MS = 5_000
+const KEYS_FETCH_TIMEOUT_MS = 5_000
 // GitHub's answer is a few kilobytes; a bigger one is not GitHub's.
 const MAX_ANSWER_BYTES = 1024 * 1024
 // Keys held this long are fetched again before the next report, so that a key GitHub withdrew

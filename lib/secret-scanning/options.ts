@@ -58,7 +58,7 @@ export interface ResolvedSecretScanningOptions {
   publicKeys: VerificationKeys | undefined
 }
 
-export const GITHUB_KEYS_URL = 'https://api.github.com/meta/public_keys/secret_scanning'
+const GITHUB_KEYS_URL = 'https://api.github.com/meta/public_keys/secret_scanning'
 const KNOWN = ['path', 'prefix', 'onLeak', 'keysUrl', 'publicKeys']
 
 function fail (name: string, why: string): never {

@@ -10,7 +10,7 @@ import { isSignedBy, signatureHeaders } from './signature'
 import { triage, type TokenFeedback } from './triage'
 
 /** The largest report accepted, whatever the app's own `bodyLimit`. */
-export const MAX_REPORT_BYTES = 1024 * 1024
+const MAX_REPORT_BYTES = 1024 * 1024
 
 /**
  * The route GitHub's secret scanning partner program posts leaked tokens to. It must be

@@ -2,7 +2,7 @@ import sjson from 'secure-json-parse'
 import { SecretScanningBadReportError, SecretScanningTooManyTokensError } from '../errors'
 
 /** The most tokens one report may hold; GitHub batches far fewer. */
-export const MAX_REPORTED_TOKENS = 1000
+const MAX_REPORTED_TOKENS = 1000
 
 /** One match GitHub reports: the token it found, the type it was registered as, and where. */
 export interface ReportedToken {

@@ -9,8 +9,8 @@ export interface PublicKeysDocument {
 /** Verification keys by GitHub's key identifier. */
 export type VerificationKeys = ReadonlyMap<string, KeyObject>
 
-export const KEY_ID_HEADER = 'github-public-key-identifier'
-export const SIGNATURE_HEADER = 'github-public-key-signature'
+const KEY_ID_HEADER = 'github-public-key-identifier'
+const SIGNATURE_HEADER = 'github-public-key-signature'
 
 // GitHub's identifiers are 64 hex characters and a DER P-256 signature is at most 72 bytes (96
 // in base64): anything much longer is not from GitHub and is refused before any work.
