@@ -52,7 +52,8 @@ async function main (): Promise<void> {
       const everyone = Math.max(endedAt - startedAt, ...late)
       const wrong = verdicts.filter((v) => v.ownerAccepted > 0 || v.ownerRefused !== ownerKeys || v.othersAccepted !== otherKeys || v.othersLookedUp > 0)
       console.log(`round ${round}: ${keysInRedis} keys in Redis; deleteOwner() took ${(endedAt - startedAt).toFixed(1)} ms; ` +
-        `the other processes heard it ${late.map((ms) => `${ms.toFixed(1)} ms`).join(', ')} after the call; ` +
+        `the other processes heard it ${late.map((ms) => `${ms.toFixed(1)} ms`).join(', ')} after the call ` +
+        `(${late.map((ms) => `${(ms - (endedAt - startedAt)).toFixed(1)}`).join(', ')} ms after it resolved); ` +
         `every process refuses all ${ownerKeys} keys ${everyone.toFixed(1)} ms after the call; ` +
         (wrong.length === 0
           ? `checked: every process refused all ${ownerKeys} owner keys and served the ${otherKeys} others from memory`

@@ -4,6 +4,7 @@ import { encodeMessage, parseMessage } from '../lib/api-key-cache/invalidation-b
 import { LocalAnswers } from '../lib/api-key-cache/local-answers'
 import { RevocationLog } from '../lib/api-key-cache/revocation-log'
 import type { ApiKeyRecord } from '../lib'
+import { until } from './helpers/wait'
 
 const owned = (id: string, ownerId: string): ApiKeyRecord => ({ id, active: true, ownerId })
 
@@ -35,6 +36,55 @@ describe('deleteOwner: the pieces', () => {
     assert.equal((answers.peek('n1') as ApiKeyRecord | undefined)?.id, 'n1')
     assert.equal((answers.peek('p1') as ApiKeyRecord | undefined)?.id, 'p1')
     assert.equal(answers.staleRecord('b1')?.id, 'b1')
+  })
+
+  test('an owner\'s removal holds at once and leaves the walk over memory to steps on later turns', async () => {
+    const answers = new LocalAnswers(100_000, 60_000)
+    for (let i = 0; i < 25_000; i++) answers.write(`a${i}`, owned(`a${i}`, 'A'), 60_000)
+    for (let i = 0; i < 1000; i++) answers.write(`b${i}`, owned(`b${i}`, 'B'), 60_000)
+    answers.removeOwner('A')
+    // Nothing walked yet, and still no read answers an entry of A.
+    assert.equal(answers.size, 26_000)
+    assert.equal(answers.peek('a17'), undefined)
+    assert.equal(answers.staleRecord('a18'), undefined)
+    assert.equal((answers.peek('b7') as ApiKeyRecord | undefined)?.id, 'b7')
+    // A record of A written after the removal (looked up afresh) is kept, by reads and by the sweep.
+    answers.write('a19', owned('a19-fresh', 'A'), 60_000)
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.ok(answers.size > 1001, `one turn of the event loop walked ${26_000 - answers.size} entries: the walk is stepwise`)
+    for (let i = 0; i < 25_000; i += 997) if (i !== 19) assert.equal(answers.peek(`a${i}`), undefined, `a${i}`)
+    await until('the sweep has walked every entry', () => answers.size === 1001)
+    assert.equal((answers.peek('a19') as ApiKeyRecord | undefined)?.id, 'a19-fresh')
+    assert.equal(answers.staleRecord('a19')?.id, 'a19-fresh')
+    assert.equal((answers.peek('b999') as ApiKeyRecord | undefined)?.id, 'b999')
+  })
+
+  test('a second removal of the same owner during its sweep drops what was written between them', async () => {
+    const answers = new LocalAnswers(100_000)
+    for (let i = 0; i < 5000; i++) answers.write(`a${i}`, owned(`a${i}`, 'A'), 60_000)
+    answers.removeOwner('A')
+    answers.write('between', owned('between', 'A'), 60_000)
+    answers.write('other', owned('other', 'C'), 60_000)
+    assert.equal((answers.peek('between') as ApiKeyRecord | undefined)?.id, 'between')
+    answers.removeOwner('A')
+    answers.removeOwner('C')
+    assert.equal(answers.peek('between'), undefined)
+    assert.equal(answers.peek('other'), undefined)
+    answers.write('after', owned('after', 'A'), 60_000)
+    await until('the sweep has walked every entry', () => answers.size === 1)
+    assert.equal((answers.peek('after') as ApiKeyRecord | undefined)?.id, 'after')
+  })
+
+  test('a flush during an owner\'s sweep ends it; later records of that owner stay', async () => {
+    const answers = new LocalAnswers(100_000)
+    for (let i = 0; i < 5000; i++) answers.write(`a${i}`, owned(`a${i}`, 'A'), 60_000)
+    answers.removeOwner('A')
+    answers.flush()
+    answers.write('a1', owned('a1', 'A'), 60_000)
+    await new Promise((resolve) => setImmediate(resolve))
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.equal((answers.peek('a1') as ApiKeyRecord | undefined)?.id, 'a1')
+    assert.equal(answers.size, 1)
   })
 
   test('tickets taken before an owner\'s removal are void for every key; later ones are not', () => {

@@ -90,4 +90,28 @@ describe('SecondChanceCache: process memory\'s bounded, expiring map', () => {
     assert.equal(cache.size, 3)
     for (const key of ['live-old', 'live-young', 'new']) assert.equal(cache.get(key), 'v', key)
   })
+  test('a sweeper walks in steps, drops what matches, and sees entries written meanwhile', () => {
+    const cache = new SecondChanceCache<number>(100)
+    for (let i = 0; i < 10; i++) cache.set(`k${i}`, i, LONG_MS)
+    const step = cache.sweeper((key, value) => value % 2 === 0 && key !== 'k8')
+    assert.equal(step(4), false, 'four of ten examined')
+    assert.equal(cache.size, 8, 'k0 and k2 dropped')
+    cache.set('late-even', 20, LONG_MS)
+    cache.set('late-odd', 21, LONG_MS)
+    assert.equal(step(100), true)
+    assert.deepEqual(['k1', 'k3', 'k5', 'k7', 'k8', 'k9', 'late-odd'].map((key) => cache.get(key) !== undefined), Array(7).fill(true))
+    assert.equal(cache.size, 7, 'k4, k6 and late-even dropped too')
+    assert.equal(step(1), true, 'a finished walk stays finished')
+  })
+
+  test('a clear ends a sweeper\'s walk', () => {
+    const cache = new SecondChanceCache<number>(100)
+    for (let i = 0; i < 10; i++) cache.set(`k${i}`, i, LONG_MS)
+    const step = cache.sweeper(() => true)
+    step(2)
+    cache.clear()
+    cache.set('after', 1, LONG_MS)
+    // The walk may examine what was written after the clear; it never throws and then ends.
+    assert.equal(step(100), true)
+  })
 })

@@ -69,9 +69,23 @@ export class SecondChanceCache<V> {
     this.#entries.clear()
   }
 
-  /** Drops every entry whose value `matches`; a walk over all entries, for rare bulk removals. */
-  deleteWhere (matches: (value: V) => boolean): void {
-    for (const [key, entry] of this.#entries) if (matches(entry.value)) this.#entries.delete(key)
+  /**
+   * A walk over every entry in steps, for rare bulk removals that must not hold the event loop:
+   * each call of the returned function examines up to `count` more entries, drops those that
+   * `matches`, and answers true once the walk has passed the last entry. Entries written after
+   * the walk began are examined too when it reaches them; a clear ends it.
+   */
+  sweeper (matches: (key: string, value: V) => boolean): (count: number) => boolean {
+    const walk = this.#entries.entries()
+    return (count) => {
+      for (let i = 0; i < count; i++) {
+        const next = walk.next()
+        if (next.done === true) return true
+        const [key, entry] = next.value
+        if (matches(key, entry.value)) this.#entries.delete(key)
+      }
+      return false
+    }
   }
 
   /** Milliseconds left to `key`'s entry; 0 when there is none. */
