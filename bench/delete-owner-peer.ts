@@ -13,6 +13,8 @@ import { sharedClockMs } from './clock'
 
 export interface Seed { ownerId: string, keys: string[], ownerOf: string[] }
 export interface Verdicts { ownerRefused: number, ownerAccepted: number, othersAccepted: number, othersLookedUp: number }
+/** A request for one of the owner's keys sent on the turn of the event loop after the message was heard. */
+export interface Probe { status: number, lookedUp: boolean }
 
 async function main (): Promise<void> {
   const { name, redisUrl } = JSON.parse(process.argv[2]!) as { name: string, redisUrl: string }
@@ -21,9 +23,21 @@ async function main (): Promise<void> {
   const table = new Map<string, ApiKeyRecord>()
   let lookups = 0
   const heard: number[] = []
+  let probeKey: string | undefined
+  let probe: Probe | undefined
   subscribe('fastify-auth-cache:invalidation', (message) => {
-    if ((message as { kind: string }).kind === 'owner') heard.push(sharedClockMs())
+    if ((message as { kind: string }).kind !== 'owner') return
+    heard.push(sharedClockMs())
+    // Before memory's sweep of the owner's entries can have got far: the refusal must not wait for it.
+    const key = probeKey
+    if (key !== undefined) {
+      setImmediate(() => {
+        const before = lookups
+        status(key).then((code) => { probe = { status: code, lookedUp: lookups > before } }, () => {})
+      })
+    }
   })
+  let keysSeeded: Seed | undefined
 
   const app = Fastify({ logger: { level: 'warn' } })
   await app.register(fastifyAuthCache, {
@@ -45,7 +59,10 @@ async function main (): Promise<void> {
     (await app.inject({ method: 'GET', url: '/', headers: { 'x-api-key': key } })).statusCode
 
   answerParent({
-    seed: ({ keys, ownerOf }: Seed) => {
+    seed: (seed: Seed) => {
+      const { keys, ownerOf } = seed
+      keysSeeded = seed
+      probe = undefined
       for (const [i, key] of keys.entries()) table.set(hashApiKey(key), { id: `k${i}`, active: true, ownerId: ownerOf[i]! })
     },
     /** Requests every key until a whole pass makes no lookup: all are in this process's memory. */
@@ -57,6 +74,7 @@ async function main (): Promise<void> {
       }
     },
     revokeInSource: ({ ownerId }: { ownerId: string }) => {
+      probeKey = keysSeeded?.keys.find((_, i) => keysSeeded!.ownerOf[i] === ownerId)
       for (const [hash, record] of table) if (record.ownerId === ownerId) table.set(hash, { ...record, active: false })
     },
     deleteOwner: async ({ ownerId }: { ownerId: string }) => {
@@ -66,6 +84,7 @@ async function main (): Promise<void> {
     },
     /** When this process heard an owner's deletion made after `since` (shared clock), or null. */
     heardAt: ({ since }: { since: number }) => heard.find((at) => at >= since) ?? null,
+    probe: () => probe ?? null,
     verdicts: async ({ ownerId, keys }: { ownerId: string, keys: string[] }): Promise<Verdicts> => {
       const verdicts = { ownerRefused: 0, ownerAccepted: 0, othersAccepted: 0, othersLookedUp: 0 }
       for (const key of keys) {

@@ -3,15 +3,17 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { generateApiKey } from '../lib'
 import { Child } from '../test/helpers/child-process'
 import { startRedis } from '../test/helpers/redis-server'
-import type { Verdicts } from './delete-owner-peer'
+import type { Probe, Verdicts } from './delete-owner-peer'
 
 /**
  * `apiKeyCache.deleteOwner` of an owner with many cached keys, across tiered processes:
  *   npm run bench:delete-owner -- [ownerKeys=10000] [processes=4] [rounds=3] [otherKeys=1000]
  * Every process holds every key in memory (and Redis holds them too). Process 1 calls
  * deleteOwner; each other process is timed from that call to the moment it heard the owner's
- * message (its memory is rid of the owner's keys from then on). Afterwards every key is asked
- * in every process: the owner's must all be refused, the others accepted from memory.
+ * message (its memory refuses the owner's keys from then on; a sweep in steps then empties it).
+ * Each of them sends a request for one of the owner's keys on the turn of the event loop after
+ * hearing, before that sweep can be done: it must be refused. Afterwards every key is asked in
+ * every process: the owner's must all be refused, the others accepted from memory.
  */
 
 interface Timing { startedAt: number, endedAt: number }
@@ -46,15 +48,24 @@ async function main (): Promise<void> {
         }
         return null
       }))
+      const probes = await Promise.all(peers.slice(1).map(async (peer) => {
+        for (const deadline = performance.now() + 5000; performance.now() < deadline; await sleep(5)) {
+          const probe = await peer.call<Probe | null>('probe', {})
+          if (probe !== null) return probe
+        }
+        return null
+      }))
       const verdicts = await Promise.all(peers.map((peer) => peer.call<Verdicts>('verdicts', { ownerId, keys }, 300_000)))
 
       const late = heard.map((at) => at === null ? NaN : at - startedAt)
       const everyone = Math.max(endedAt - startedAt, ...late)
       const wrong = verdicts.filter((v) => v.ownerAccepted > 0 || v.ownerRefused !== ownerKeys || v.othersAccepted !== otherKeys || v.othersLookedUp > 0)
+      if (probes.some((p) => p?.status !== 401)) process.exitCode = 1
       console.log(`round ${round}: ${keysInRedis} keys in Redis; deleteOwner() took ${(endedAt - startedAt).toFixed(1)} ms; ` +
         `the other processes heard it ${late.map((ms) => `${ms.toFixed(1)} ms`).join(', ')} after the call ` +
         `(${late.map((ms) => `${(ms - (endedAt - startedAt)).toFixed(1)}`).join(', ')} ms after it resolved); ` +
         `every process refuses all ${ownerKeys} keys ${everyone.toFixed(1)} ms after the call; ` +
+        `a request for one of them on the next turn after hearing: ${probes.map((p) => p === null ? 'none' : `${p.status}${p.lookedUp ? ' (looked up afresh)' : ' (a revoked answer another process had cached)'}`).join(', ')}; ` +
         (wrong.length === 0
           ? `checked: every process refused all ${ownerKeys} owner keys and served the ${otherKeys} others from memory`
           : `WRONG: ${JSON.stringify(verdicts)}`))
