@@ -18,12 +18,43 @@ const isInvalidOption = (name: string) => (err: NodeJS.ErrnoException): boolean 
   return true
 }
 
-async function rejectsDecrypt (serializer: CredentialSerializer<unknown>, raw: Buffer, context = ctx): Promise<void> {
-  await assert.rejects(async () => serializer.deserialize(raw, context))
+/** The serializer refuses `raw` with FST_CREDENTIALS_DESERIALIZE, synchronously over the default inner serializer. */
+function failsToDecrypt (serializer: CredentialSerializer<unknown>, raw: Buffer, context = ctx): void {
+  assert.throws(() => serializer.deserialize(raw, context), (err: NodeJS.ErrnoException) => {
+    assert.equal(err.code, 'FST_CREDENTIALS_DESERIALIZE')
+    assert.ok(err.message.includes(context.key), 'the message names the storage key')
+    assert.ok(err.cause !== undefined, 'the cause is kept')
+    return true
+  })
 }
 
 describe('encryptedSerializer on its own', () => {
   const serializer = encryptedSerializer({ keys: { k1 }, current: 'k1' })
+
+  test('over the default JSON serializer it is synchronous: serialize answers a Buffer, deserialize the value', () => {
+    const raw = serializer.serialize(secret, ctx)
+    assert.ok(Buffer.isBuffer(raw), 'a Buffer, not a promise')
+    assert.deepEqual(serializer.deserialize(raw, ctx), secret)
+  })
+
+  test('over an asynchronous inner serializer it answers promises, and its failures are FST_CREDENTIALS_DESERIALIZE too', async () => {
+    const inner: CredentialSerializer<string> = {
+      serialize: async (value) => Buffer.from(value),
+      deserialize: async (raw) => {
+        if (raw.toString() === 'bad') throw new Error('inner refused')
+        return raw.toString()
+      }
+    }
+    const wrapped = encryptedSerializer({ keys: { k1 }, current: 'k1' }, inner)
+    const pending = wrapped.serialize('abc', ctx)
+    assert.ok(pending instanceof Promise)
+    const raw = await pending as Buffer
+    assert.equal(await wrapped.deserialize(raw, ctx), 'abc')
+    await assert.rejects(async () => await wrapped.deserialize(await wrapped.serialize('bad', ctx) as Buffer, ctx),
+      (err: NodeJS.ErrnoException) => err.code === 'FST_CREDENTIALS_DESERIALIZE' && (err.cause as Error).message === 'inner refused')
+    // An envelope that does not open fails before the inner serializer is asked.
+    assert.throws(() => wrapped.deserialize(Buffer.from('junk'), ctx), { code: 'FST_CREDENTIALS_DESERIALIZE' })
+  })
 
   test('round trip, a fresh IV per value, the key id readable in the envelope, no plaintext', async () => {
     const first = await serializer.serialize(secret, ctx) as Buffer
@@ -56,24 +87,24 @@ describe('encryptedSerializer on its own', () => {
     for (let i = 0; i < raw.length; i++) {
       const tampered = Buffer.from(raw)
       tampered[i] ^= 0x01
-      await rejectsDecrypt(serializer, tampered)
+      failsToDecrypt(serializer, tampered)
     }
-    for (let length = 0; length < raw.length; length++) await rejectsDecrypt(serializer, raw.subarray(0, length))
-    await rejectsDecrypt(serializer, Buffer.concat([raw, Buffer.from([0])]))
+    for (let length = 0; length < raw.length; length++) failsToDecrypt(serializer, raw.subarray(0, length))
+    failsToDecrypt(serializer, Buffer.concat([raw, Buffer.from([0])]))
 
     // Same id, another key: another deployment's (or an attacker's) ciphertext.
     const foreign = encryptedSerializer({ keys: { k1: k2 }, current: 'k1' })
-    await rejectsDecrypt(serializer, await foreign.serialize(secret, ctx) as Buffer)
-    await rejectsDecrypt(serializer, Buffer.from(jsonSerializer.serialize(secret, ctx) as string))
-    await rejectsDecrypt(serializer, Buffer.from('{}'))
-    await rejectsDecrypt(serializer, randomBytes(raw.length))
+    failsToDecrypt(serializer, await foreign.serialize(secret, ctx) as Buffer)
+    failsToDecrypt(serializer, Buffer.from(jsonSerializer.serialize(secret, ctx) as string))
+    failsToDecrypt(serializer, Buffer.from('{}'))
+    failsToDecrypt(serializer, randomBytes(raw.length))
   })
 
   test('ctx.key is authenticated: bytes made for one storage key do not load under another', async () => {
     const raw = await serializer.serialize(secret, { key: 'credentials:a' }) as Buffer
     assert.deepEqual(await serializer.deserialize(raw, { key: 'credentials:a' }), secret)
-    await rejectsDecrypt(serializer, raw, { key: 'credentials:b' })
-    await rejectsDecrypt(serializer, raw, { key: 'credentials:a ' })
+    failsToDecrypt(serializer, raw, { key: 'credentials:b' })
+    failsToDecrypt(serializer, raw, { key: 'credentials:a ' })
   })
 
   test('wraps a given inner serializer and hands it ctx', async () => {

@@ -8,6 +8,7 @@ import type { ApiKeyRecord } from '../types'
 import type { Telemetry } from '../telemetry'
 import type { Counters } from './stats'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer } from './store'
+import { isThenable } from '../thenable'
 
 // After finding another process renewing a key, this process looks again no sooner than this.
 const RENEWAL_RETRY_MS = 100
@@ -58,12 +59,6 @@ class LookupTimeoutError extends Error {
     super(`lookup did not answer within ${ms} ms`)
     this.name = 'LookupTimeoutError'
   }
-}
-
-/** Whether `value` has a `then` to wait on; reading it may run a getter, which may throw (a failed lookup). */
-function isThenable (value: unknown): value is PromiseLike<unknown> {
-  return (typeof value === 'object' || typeof value === 'function') && value !== null &&
-    typeof (value as { then?: unknown }).then === 'function'
 }
 
 /** Each key refreshes ahead at its own point between half and all of the window, so keys cached together spread out. */

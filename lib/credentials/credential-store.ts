@@ -99,6 +99,8 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
     try {
       return await this.#settings.serializer.deserialize(bytes, this.#ctx)
     } catch (cause) {
+      // encryptedSerializer already names the failure.
+      if (cause instanceof CredentialsDeserializeError) throw cause
       const err = new CredentialsDeserializeError(this.#ctx.key)
       err.cause = cause
       throw err

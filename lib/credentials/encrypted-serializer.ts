@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
-import { InvalidOptionError } from '../errors'
+import { CredentialsDeserializeError, InvalidOptionError } from '../errors'
+import { isThenable } from '../thenable'
 import { jsonSerializer, type CredentialSerializer, type SerializerContext } from './serializer'
 
 export interface EncryptionKeys {
@@ -29,10 +30,19 @@ function additionalData (id: Buffer, ctx: SerializerContext): Buffer {
 
 class EnvelopeError extends Error {}
 
+/** FST_CREDENTIALS_DESERIALIZE for the storage key, whichever step failed: the envelope, the cipher or the inner serializer. */
+function unreadable (ctx: SerializerContext, cause: unknown): Error {
+  if (cause instanceof CredentialsDeserializeError) return cause
+  const err = new CredentialsDeserializeError(ctx.key)
+  err.cause = cause
+  return err
+}
+
 /**
  * Wraps a serializer in AES-256-GCM with a fresh random IV per value. Each value names the id of
  * its key, so keys rotate: values under an old id load while that id is in `keys`, and every
- * save uses `current`.
+ * save uses `current`. Synchronous over a synchronous inner serializer (the default JSON one):
+ * `serialize` answers a Buffer and `deserialize` the value, as the contract's serializer does.
  */
 export function encryptedSerializer<T = unknown> (
   options: EncryptionKeys,
@@ -53,33 +63,46 @@ export function encryptedSerializer<T = unknown> (
   const currentId = Buffer.from(options.current, 'utf8')
   const currentKey = keys.get(options.current)!
 
+  function seal (plain: string | Buffer, ctx: SerializerContext): Buffer {
+    const iv = randomBytes(IV_LENGTH)
+    const cipher = createCipheriv('aes-256-gcm', currentKey, iv, { authTagLength: TAG_LENGTH })
+    cipher.setAAD(additionalData(currentId, ctx))
+    const body = Buffer.concat([cipher.update(typeof plain === 'string' ? Buffer.from(plain, 'utf8') : plain), cipher.final()])
+    return Buffer.concat([MAGIC, Buffer.from([currentId.length]), currentId, iv, cipher.getAuthTag(), body])
+  }
+
+  function open (raw: Buffer, ctx: SerializerContext): Buffer {
+    if (!Buffer.isBuffer(raw) || raw.length < MAGIC.length + 1 || !raw.subarray(0, MAGIC.length).equals(MAGIC)) {
+      throw new EnvelopeError('not an encrypted credential')
+    }
+    const idLength = raw[MAGIC.length]
+    const idStart = MAGIC.length + 1
+    const ivStart = idStart + idLength
+    const bodyStart = ivStart + IV_LENGTH + TAG_LENGTH
+    if (idLength === 0 || raw.length < bodyStart) throw new EnvelopeError('truncated encrypted credential')
+    const id = raw.subarray(idStart, ivStart)
+    const key = keys.get(id.toString('utf8'))
+    if (key === undefined) throw new EnvelopeError('encrypted under a key id that is not configured')
+    const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(ivStart, ivStart + IV_LENGTH), { authTagLength: TAG_LENGTH })
+    decipher.setAAD(additionalData(id, ctx))
+    decipher.setAuthTag(raw.subarray(ivStart + IV_LENGTH, bodyStart))
+    return Buffer.concat([decipher.update(raw.subarray(bodyStart)), decipher.final()])
+  }
+
   return {
-    async serialize (value: T, ctx: SerializerContext): Promise<Buffer> {
-      const plain = await inner.serialize(value, ctx)
-      const iv = randomBytes(IV_LENGTH)
-      const cipher = createCipheriv('aes-256-gcm', currentKey, iv, { authTagLength: TAG_LENGTH })
-      cipher.setAAD(additionalData(currentId, ctx))
-      const body = Buffer.concat([cipher.update(typeof plain === 'string' ? Buffer.from(plain, 'utf8') : plain), cipher.final()])
-      return Buffer.concat([MAGIC, Buffer.from([currentId.length]), currentId, iv, cipher.getAuthTag(), body])
+    serialize (value: T, ctx: SerializerContext): Buffer | Promise<Buffer> {
+      const plain = inner.serialize(value, ctx)
+      return isThenable(plain) ? Promise.resolve(plain).then((bytes) => seal(bytes, ctx)) : seal(plain, ctx)
     },
 
-    async deserialize (raw: Buffer, ctx: SerializerContext): Promise<T> {
-      if (raw.length < MAGIC.length + 1 || !raw.subarray(0, MAGIC.length).equals(MAGIC)) {
-        throw new EnvelopeError('not an encrypted credential')
+    deserialize (raw: Buffer, ctx: SerializerContext): T | Promise<T> {
+      let value: T | Promise<T>
+      try {
+        value = inner.deserialize(open(raw, ctx), ctx)
+      } catch (cause) {
+        throw unreadable(ctx, cause)
       }
-      const idLength = raw[MAGIC.length]
-      const idStart = MAGIC.length + 1
-      const ivStart = idStart + idLength
-      const bodyStart = ivStart + IV_LENGTH + TAG_LENGTH
-      if (idLength === 0 || raw.length < bodyStart) throw new EnvelopeError('truncated encrypted credential')
-      const id = raw.subarray(idStart, ivStart)
-      const key = keys.get(id.toString('utf8'))
-      if (key === undefined) throw new EnvelopeError('encrypted under a key id that is not configured')
-      const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(ivStart, ivStart + IV_LENGTH), { authTagLength: TAG_LENGTH })
-      decipher.setAAD(additionalData(id, ctx))
-      decipher.setAuthTag(raw.subarray(ivStart + IV_LENGTH, bodyStart))
-      const plain = Buffer.concat([decipher.update(raw.subarray(bodyStart)), decipher.final()])
-      return inner.deserialize(plain, ctx)
+      return isThenable(value) ? Promise.resolve(value).catch((cause: unknown) => { throw unreadable(ctx, cause) }) : value
     }
   }
 }
