@@ -80,6 +80,17 @@ describe('isWellFormedApiKey', () => {
     assert.ok(isWellFormedApiKey(handMade('live', '0123456789abcdefghijABCDEFG'), 'live'))
   })
 
+  test('the checksum is over UTF-8 bytes also when the prefix given to it is not ASCII', () => {
+    const body = 'A'.repeat(RANDOM_LENGTH)
+    for (const prefix of ['clé', 'キー', 'k😀']) {
+      assert.equal(isWellFormedApiKey(handMade(prefix, body), prefix), true, prefix)
+      // The checksum of the UTF-16 code units instead of the bytes would differ.
+      const head = `${prefix}_${body}`
+      const overCodeUnits = crc32(Buffer.from(head, 'latin1'))
+      assert.notEqual(overCodeUnits, crc32(Buffer.from(head, 'utf8')))
+    }
+  })
+
   test('detects every single-character substitution, in the random part and in the checksum', () => {
     for (let round = 0; round < 3; round++) {
       const prefix = 'live'

@@ -19,9 +19,20 @@ const CRC_TABLE = (() => {
   return table
 })()
 
+/** CRC32 of the text's UTF-8 bytes; an ASCII text (every key's head) is read without a copy. */
 function crc32 (text: string): number {
   let crc = 0xffffffff
-  for (const byte of Buffer.from(text, 'utf8')) crc = CRC_TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8)
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (code > 0x7f) return crc32OfBytes(Buffer.from(text, 'utf8'))
+    crc = CRC_TABLE[(crc ^ code) & 0xff] ^ (crc >>> 8)
+  }
+  return (crc ^ 0xffffffff) >>> 0
+}
+
+function crc32OfBytes (bytes: Buffer): number {
+  let crc = 0xffffffff
+  for (const byte of bytes) crc = CRC_TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8)
   return (crc ^ 0xffffffff) >>> 0
 }
 
