@@ -38,6 +38,10 @@ describe('deleteOwner across processes of the tiered backend', () => {
 
     for (const { hash } of owned) await setRecordEverywhere(workers, hash, record('revoked', { ownerId: 'mp-owner', active: false }))
     await a.deleteOwner('mp-owner')
+    // Section 4b's bound, which deleteOwner shares: every process refuses within 2000 ms of the
+    // call resolving (on a healthy Redis it is milliseconds; see npm run bench:delete-owner).
+    await Promise.all(workers.map((worker) => until(`${worker.name} refuses the owner's key within 2000 ms`,
+      async () => (await worker.request(owned[0]!.key)).status === 401, { deadlineMs: 2000, pauseMs: 5 })))
     for (const worker of workers) {
       for (const { key } of owned) {
         await until(`${worker.name} refuses the owner's key`, async () => (await worker.request(key)).status === 401)
