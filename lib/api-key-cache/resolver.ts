@@ -9,6 +9,7 @@ import type { Telemetry } from '../telemetry'
 import type { Counters } from './stats'
 import { UNKNOWN_KEY, type ApiKeyStore, type CachedAnswer } from './store'
 import { isThenable } from '../thenable'
+import { withTimeout } from '../time-bound'
 
 // After finding another process renewing a key, this process looks again no sooner than this.
 const RENEWAL_RETRY_MS = 100
@@ -284,12 +285,8 @@ export class Resolver {
   #bounded (call: () => unknown): unknown {
     const answer = call()
     if (!isThenable(answer)) return answer
-    return new Promise<unknown>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new LookupTimeoutError(this.#lookupTimeoutMs)), this.#lookupTimeoutMs)
-      Promise.resolve(answer).then(
-        (value) => { clearTimeout(timer); resolve(value) },
-        (err: unknown) => { clearTimeout(timer); reject(err) })
-    })
+    const ms = this.#lookupTimeoutMs
+    return withTimeout(() => answer, ms, () => new LookupTimeoutError(ms))
   }
 
   /** Records live until `ttlSeconds` or their own `expiresAt`; an expired record only as long as an unknown key. */

@@ -1,5 +1,6 @@
 import { adaptRedis } from '../redis/adapt'
 import type { RedisAdapter } from '../redis/client'
+import { withTimeout } from '../time-bound'
 import { redactedUrl } from './arguments'
 
 /** Connecting (TCP, TLS, AUTH) gives up after this long. */
@@ -67,11 +68,7 @@ export interface Connection {
 }
 
 function withDeadline<T> (promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), ms)
-  })
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
+  return withTimeout(() => promise, ms, () => new Error(message))
 }
 
 async function close (client: ClientLike): Promise<void> {

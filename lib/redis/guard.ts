@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { RedisTimeoutError, RedisUnavailableError } from '../errors'
 import { OFF_PATH_TIMEOUT_MS } from '../limits'
+import { withTimeout } from '../time-bound'
 
 const MIN_BACKOFF_MS = 250
 const MAX_BACKOFF_MS = 2000
@@ -8,19 +9,9 @@ const MAX_BACKOFF_MS = 2000
 /** Runs one call under a time bound. */
 export type Bound = <T>(call: () => Promise<T>) => Promise<T>
 
-/**
- * Races `call` against a timer. Timers run before the event loop polls sockets: when the
- * process was starved past the deadline, the answer may already be waiting unread, so the
- * timeout is delivered through setImmediate, which runs after that poll, and a reply that did
- * arrive in time wins.
- */
-export function withTimeout<T> (call: () => Promise<T>, timeoutMs: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => setImmediate(() => reject(new RedisTimeoutError(timeoutMs))), timeoutMs)
-    call().then(
-      (value) => { clearTimeout(timer); resolve(value) },
-      (err) => { clearTimeout(timer); reject(err) })
-  })
+/** Races one Redis call against a timer (see time-bound.ts). */
+function redisCallWithin<T> (call: () => Promise<T>, timeoutMs: number): Promise<T> {
+  return withTimeout(call, timeoutMs, () => new RedisTimeoutError(timeoutMs))
 }
 
 /**
@@ -47,7 +38,7 @@ export class RedisGuard {
       if (this.#probing || Date.now() < this.#skipUntil) return Promise.reject(new RedisUnavailableError())
       this.#probing = probe = true
     }
-    return withTimeout(call, this.#timeoutMs).then(
+    return redisCallWithin(call, this.#timeoutMs).then(
       (value) => {
         if (probe) this.#probing = false
         if (this.#backoffMs !== 0) this.#recovered()
@@ -61,7 +52,7 @@ export class RedisGuard {
   }
 
   /** For calls off the request path (delete, clear, credentials): bounded, never skipped. */
-  readonly offPath: Bound = (call) => withTimeout(call, OFF_PATH_TIMEOUT_MS)
+  readonly offPath: Bound = (call) => redisCallWithin(call, OFF_PATH_TIMEOUT_MS)
 
   #failed (err: unknown): void {
     if (this.#backoffMs === 0) this.#log.debug({ err }, 'fastify-auth-cache: Redis failed; skipping it with backoff')

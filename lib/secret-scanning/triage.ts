@@ -2,12 +2,13 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ApiKeyCache } from '../api-key-cache/api-key-cache'
 import { hashApiKey } from '../api-keys/hash'
 import { isWellFormedApiKey } from '../api-keys/key-format'
-import { isApiKeyRecord, rejectReason } from '../api-keys/record'
+import { rejectReason, toStoredRecord } from '../api-keys/record'
 import { ApiKeyLookupFailedError, SecretScanningOnLeakFailedError } from '../errors'
 import type { ApiKeyLookup } from '../options'
 import type { ApiKeyRecord } from '../types'
 import type { OnLeak } from './options'
 import type { ReportedToken } from './report'
+import { withTimeout } from '../time-bound'
 
 /** GitHub's feedback for one reported token. */
 export interface TokenFeedback {
@@ -28,16 +29,6 @@ export interface TriageSettings {
 // one nor floods the source of truth.
 const CONCURRENT_LOOKUPS = 8
 
-/** `lookup`'s answer, adopting thenables (query builders), or a rejection after `ms`. */
-function bounded (answer: unknown, ms: number): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`lookup did not answer within ${ms} ms`)), ms)
-    Promise.resolve(answer).then(
-      (value) => { clearTimeout(timer); resolve(value) },
-      (err) => { clearTimeout(timer); reject(err) })
-  })
-}
-
 /**
  * Judges each reported token: a key well-formed for the prefix and active in the source of truth
  * is a true positive, handed to `onLeak` and then dropped from the cache. Every token is judged
@@ -51,21 +42,23 @@ export async function triage (tokens: ReportedToken[], settings: TriageSettings,
 
   async function judge ({ token, url, source }: ReportedToken, keyHash: string): Promise<TokenFeedback['label']> {
     if (!isWellFormedApiKey(token, settings.prefix)) return 'false_positive'
-    let answer: unknown
+    let record: ApiKeyRecord | undefined
     try {
-      answer = await bounded(settings.lookup(keyHash, request), settings.lookupTimeoutMs)
-      if (answer !== null && answer !== undefined && !isApiKeyRecord(answer)) {
-        throw new Error('lookup answered something that is not a record ({ id: string, active: boolean, expiresAt?: number })')
-      }
+      const ms = settings.lookupTimeoutMs
+      const answer = await withTimeout(() => settings.lookup(keyHash, request), ms, () => new Error(`lookup did not answer within ${ms} ms`))
+      // The same plain JSON copy the hook would cache and hand to routes as request.apiKey.
+      const stored = answer === null || answer === undefined ? undefined : toStoredRecord(answer)
+      if (typeof stored === 'string') throw new Error(`lookup answered something that is not a record (${stored})`)
+      record = stored
     } catch (err) {
       lookupFailed = true
       log.error({ err, keyHash }, 'fastify-auth-cache: secret scanning could not look up a reported key')
       return 'false_positive'
     }
-    if (answer === null || answer === undefined || rejectReason(answer as ApiKeyRecord) !== undefined) return 'false_positive'
+    if (record === undefined || rejectReason(record) !== undefined) return 'false_positive'
     log.warn({ keyHash, url, source }, 'fastify-auth-cache: GitHub secret scanning reported an active API key; revoking it')
     try {
-      await settings.onLeak({ keyHash, record: answer as ApiKeyRecord, url, source })
+      await settings.onLeak({ keyHash, record, url, source })
     } catch (err) {
       revocationFailed = true
       log.error({ err, keyHash }, 'fastify-auth-cache: onLeak failed for a leaked API key; it is dropped from the cache all the same')
