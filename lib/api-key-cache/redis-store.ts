@@ -6,6 +6,7 @@ import { RevocationNotReplicatedError } from '../errors'
 import { FILL_WINDOW_MS, wholeMs } from '../limits'
 import { clearPrefix } from '../redis/clear-prefix'
 import { deleteOwnerEntries } from '../redis/delete-owner'
+import { QUOTA_KEY_MARK } from '../quota/redis-quota-store'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { BEGIN_RENEWAL, claimOf, COUNT_AND_ANNOUNCE, DELETE_COUNTED, DELETE_RECORD, FILL_RECORD, RAISE_REVISION, READ_RECORD, RELEASE_CLAIM, RENEW_RECORD, slotSibling } from '../redis/scripts'
@@ -62,12 +63,14 @@ export interface RedisStoreOptions {
   readsTtl: boolean
   /** Called once revocations were made again on a dataset that went back (tiered: memory filled meanwhile goes). */
   replayed?: () => void
-  announcer?: Announcer
   /**
-   * The app's invalidation channel: revocations other processes announce are kept for replay
-   * too, so that any process that heard one can make it again on a dataset that lost it.
+   * The app's invalidation channel: revocations are announced on it, and those other processes
+   * announce are kept for replay too, so that any process that heard one can make it again on a
+   * dataset that lost it.
    */
   bus?: InvalidationBus
+  /** Where revocations are announced without a bus to hear them (the command line). */
+  announcer?: Announcer
 }
 
 export interface RedisLoad extends StoreLoad {
@@ -118,7 +121,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
     this.#prefix = options.keyPrefix
     this.#guard = options.guard
     this.#log = options.log
-    this.#announcer = options.announcer
+    this.#announcer = options.bus ?? options.announcer
     this.#revocations = new RevocationLog(options.revocationRetainMs, options.max)
     this.#staleMs = options.staleMs
     this.#readsTtl = options.readsTtl
@@ -310,7 +313,7 @@ export class RedisApiKeyStore implements ApiKeyStore {
   }
 
   async #clearOnce (): Promise<void> {
-    await clearPrefix(this.#redis, this.#prefix, this.#guard.offPath, [this.#redisKeyOf(this.#revisionKey)])
+    await clearPrefix(this.#redis, this.#prefix, this.#guard.offPath, this.#notACachedAnswer)
     await this.#announceCounted('clear')
   }
 
@@ -325,8 +328,13 @@ export class RedisApiKeyStore implements ApiKeyStore {
     }
   }
 
-  #redisKeyOf (key: string): string {
-    return this.#redis.keyPrefix + key
+  /**
+   * Keys under the prefix that a clear keeps (as stored): the revision counter, which must only
+   * grow, and quota counts, which forgetting would let an owner spend the period's limit again.
+   */
+  readonly #notACachedAnswer = (storedKey: string): boolean => {
+    const clientPrefix = this.#redis.keyPrefix
+    return storedKey === clientPrefix + this.#revisionKey || storedKey.startsWith(clientPrefix + this.#prefix + QUOTA_KEY_MARK)
   }
 
   /** Reads the dataset's revision; makes the logged revocations again when it went back. */
