@@ -91,7 +91,7 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   if (backend === 'memory') {
     store = createMemoryStore(apiKeys.max, staleMs)
   } else if (backend === 'redis') {
-    store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0, announcer: bus, bus })
+    store = new RedisApiKeyStore({ ...redisSettings, readsTtl: apiKeys.refreshAheadSeconds > 0, bus })
   } else {
     store = createTieredStore({ ...redisSettings, bus: bus! })
   }
@@ -121,6 +121,7 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
   })
   fastify.addHook('onClose', () => quotas.close())
 
+  // The challenge speaks the scheme of the first listed header.
   const scheme = apiKeys.header[0] === 'authorization' ? 'Bearer' : 'ApiKey'
   // Route config is read at declaration, with or without the hook: verifyApiKey enforces scopes too.
   const routes = createRouteSettings({ scheme, realm: apiKeys.realm })
@@ -135,6 +136,7 @@ const fastifyAuthCache: FastifyPluginAsync<FastifyAuthCacheOptions> = async (fas
     query: apiKeys.query,
     hideCredentials: apiKeys.hideCredentials,
     realm: apiKeys.realm,
+    scheme,
     formatPrefix: apiKeys.format?.prefix,
     routes,
     usage,

@@ -25,7 +25,7 @@ export interface ApiKeyCacheStats {
   staleServed: number
   /** Background lookups started to renew a record before its end (refreshAheadSeconds). */
   refreshes: number
-  /** Invalidations received from other processes (tiered). */
+  /** Invalidations received from other processes (tiered and redis, which listen on the channel). */
   invalidations: number
   /** Requests without a key that ran a route whose key is optional (`config.apiKey.optional`). */
   anonymous: number

@@ -69,9 +69,21 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
     // This process does not hear its own replayed announcements: memory filled from Redis before
     // the replay (perhaps with what the older dataset brought back) goes once it is done.
     replayed: flush,
-    announcer: bus,
     bus
   })
+
+  /**
+   * Drops from memory, revokes in Redis, and drops from memory again: a read in this process
+   * between the first two steps may have copied the old value from Redis.
+   */
+  async function revokeInBothTiers (dropFromMemory: () => void, revokeInRedis: () => Promise<void>): Promise<void> {
+    dropFromMemory()
+    try {
+      await revokeInRedis()
+    } finally {
+      dropFromMemory()
+    }
+  }
 
   function copyToLocal (keyHash: string, answer: CachedAnswer, ttlMs: number, ticket: LocalTicket): void {
     if (bus.trusted) local.fill(keyHash, answer, ttlMs, ticket)
@@ -141,34 +153,9 @@ export function createTieredStore (options: TieredStoreOptions): ApiKeyStore {
       copyToLocal(keyHash, answer, ttlMs, ticket)
     },
 
-    async delete (keyHash) {
-      remove(keyHash)
-      try {
-        await l2.delete(keyHash)
-      } finally {
-        // A read in this process between the two steps may have copied the old L2 value.
-        remove(keyHash)
-      }
-    },
-
-    async deleteOwner (ownerId) {
-      removeOwner(ownerId)
-      try {
-        await l2.deleteOwner(ownerId)
-      } finally {
-        // A read in this process meanwhile may have copied one of the owner's records from L2.
-        removeOwner(ownerId)
-      }
-    },
-
-    async clear () {
-      flush()
-      try {
-        await l2.clear()
-      } finally {
-        flush()
-      }
-    },
+    delete: (keyHash) => revokeInBothTiers(() => remove(keyHash), () => l2.delete(keyHash)),
+    deleteOwner: (ownerId) => revokeInBothTiers(() => removeOwner(ownerId), () => l2.deleteOwner(ownerId)),
+    clear: () => revokeInBothTiers(flush, () => l2.clear()),
 
     async close () {
       await l2.close()

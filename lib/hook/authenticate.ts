@@ -19,6 +19,8 @@ export interface AuthenticatorOptions extends KeySources {
   counters: Counters
   telemetry: Telemetry
   realm: string
+  /** The challenge's scheme: that of the first listed header (`Bearer` for `authorization`). */
+  scheme: 'Bearer' | 'ApiKey'
   formatPrefix: string | undefined
   /** The route settings prepared at registration (scopes and their challenge). */
   routes: RouteSettingsReader
@@ -42,8 +44,7 @@ function finishLater (pending: Promise<void>, done: (err?: Error) => void): void
 export function createAuthenticator (options: AuthenticatorOptions): Authenticator {
   const { resolver, counters, telemetry, formatPrefix, routes, usage, quotas } = options
   const extractKey = createKeyReader(options)
-  // The challenge speaks the scheme of the first listed header.
-  const scheme = options.headers[0] === 'authorization' ? 'Bearer' : 'ApiKey'
+  const scheme = options.scheme
   // Requests that ran an optional route without a key, so that verify does not count them twice.
   const anonymousRequests = new WeakSet<FastifyRequest>()
   // RFC 6750 §3: no error code when no credentials were sent, invalid_token when they were bad.
