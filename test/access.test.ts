@@ -1,20 +1,16 @@
 import assert from 'node:assert/strict'
-import diagnostics from 'node:diagnostics_channel'
 import { BlockList, isIP } from 'node:net'
 import { after, describe, test, type TestContext } from 'node:test'
-import { metrics } from '@opentelemetry/api'
-import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics'
 import Fastify, { type FastifyInstance, type FastifyServerOptions, type InjectOptions, type LightMyRequestResponse } from 'fastify'
-import fastifyAuthCache, { generateApiKey, hashApiKey, redactingRequestSerializer, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
+import fastifyAuthCache, { generateApiKey, hashApiKey, redactingRequestSerializer, type ApiKeysOptions } from '../lib'
 import { addressListOf, admitsAddress, parseAddressList, rememberAddressList } from '../lib/api-keys/allowed-ips'
+import { BACKENDS, RecordKeys, registerOnBackend, type Backend } from './helpers/backend-app'
 import { CapturedLog } from './helpers/captured-log'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
+import { subscribe, useGlobalMeterProvider } from './helpers/telemetry'
 
 // CONTRACT section 12: who may call. Optional keys, address allow-lists, where the key travels.
-
-const BACKENDS = ['memory', 'redis', 'tiered'] as const
-type Backend = typeof BACKENDS[number]
 
 const redis = usePrivateRedis()
 
@@ -22,25 +18,9 @@ after(() => {
   failIfHeldOpen('access.test.ts')
 })
 
-/** A source of truth: key → record, and how often each hash was asked for. */
-class Keys {
-  readonly records = new Map<string, unknown>()
-  readonly calls: string[] = []
-  /** Answer the record object itself rather than a copy (to watch what the cache does with it). */
-  shareRecords = false
-
-  add (record: unknown): string {
-    const { key, hash } = generateApiKey({ prefix: 'access' })
-    this.records.set(hash, record)
-    return key
-  }
-
-  readonly lookup: NonNullable<ApiKeysOptions['lookup']> = async (keyHash) => {
-    this.calls.push(keyHash)
-    const record = this.records.get(keyHash)
-    if (record === undefined) return null
-    return (this.shareRecords ? record : structuredClone(record)) as ApiKeyRecord
-  }
+/** A source of truth: key → record (any value, to test what lookup may answer), and how often each hash was asked for. */
+class Keys extends RecordKeys<unknown> {
+  constructor () { super('access') }
 }
 
 let apps = 0
@@ -49,21 +29,8 @@ interface Built { app: FastifyInstance, keys: Keys, keyPrefix: string }
 
 async function build (t: TestContext, backend: Backend, apiKeys: ApiKeysOptions = {},
   setup?: (app: FastifyInstance) => void, fastifyOptions: FastifyServerOptions = {}, keys = new Keys()): Promise<Built> {
-  const app = Fastify(fastifyOptions)
-  const client = backend === 'memory' ? undefined : redis.server.client()
-  t.after(async () => {
-    await app.close()
-    client?.disconnect()
-  })
-  await client?.ping()
   const keyPrefix = `access-${++apps}:`
-  await app.register(fastifyAuthCache, {
-    backend,
-    strict: true,
-    redis: client,
-    redisTimeoutMs: 2000,
-    apiKeys: { lookup: keys.lookup, keyPrefix, ...apiKeys }
-  })
+  const app = await registerOnBackend(t, redis, backend, { lookup: keys.lookup, keyPrefix, ...apiKeys }, { fastify: fastifyOptions })
   setup?.(app)
   await app.ready()
   return { app, keys, keyPrefix }
@@ -89,13 +56,6 @@ function assertRefused (res: LightMyRequestResponse, status: number, code: strin
   assert.deepEqual(Object.keys(body).sort(), ['code', 'error', 'message', 'statusCode'])
   assert.equal(body.code, code)
   assert.equal(res.headers['www-authenticate'], challenge)
-}
-
-function subscribe (name: string): { messages: any[], stop: () => void } {
-  const messages: any[] = []
-  const listener = (message: unknown): void => { messages.push(message) }
-  diagnostics.subscribe(name, listener)
-  return { messages, stop: () => diagnostics.unsubscribe(name, listener) }
 }
 
 const MISSING_CHALLENGE = 'ApiKey realm="api"'
@@ -648,14 +608,7 @@ describe('address lists, against node:net BlockList', () => {
 
 describe('metrics of section 12', () => {
   test('anonymous and forbidden are outcomes of fastify_auth_cache.requests', async (t) => {
-    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
-    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000 })
-    const provider = new MeterProvider({ readers: [reader] })
-    metrics.setGlobalMeterProvider(provider)
-    t.after(async () => {
-      await provider.shutdown()
-      metrics.disable()
-    })
+    const { exporter, reader } = useGlobalMeterProvider(t)
     const keys = new Keys()
     const app = Fastify()
     t.after(() => app.close())

@@ -13,9 +13,9 @@ import type Redis from 'ioredis'
 import { generateApiKey } from '../lib'
 import { runCli, type CliRun } from './helpers/cli-process'
 import { record } from './helpers/key-source'
-import { freePort, startRedis, type RedisServer } from './helpers/redis-server'
+import { freePort, type RedisServer } from './helpers/redis-server'
 import { createLeastPrivilegeUser } from './helpers/redis-topologies'
-import { setRecordEverywhere, TieredWorker, untilCachedIn } from './helpers/tiered-worker-process'
+import { setRecordEverywhere, untilCachedIn, useTieredWorkers } from './helpers/tiered-worker-process'
 import { until } from './helpers/wait'
 
 const FAILURE_BOUND_MS = 10_000
@@ -33,20 +33,16 @@ function assertFailed (run: CliRun, code: number, message: RegExp, what: string)
 }
 
 describe('the fastify-auth-cache command', () => {
+  const shared = useTieredWorkers()
+  const { workers } = shared
   let redis: RedisServer
   let admin: Redis
-  const workers: TieredWorker[] = []
 
-  before(async () => {
-    redis = await startRedis()
+  before(() => {
+    redis = shared.redis
     admin = redis.client()
-    for (const name of ['A', 'B', 'C']) workers.push(await TieredWorker.start(name, redis.url))
   })
-  after(async () => {
-    await Promise.all(workers.map((worker) => worker.stop()))
-    admin?.disconnect()
-    await redis?.destroy()
-  })
+  after(() => admin?.disconnect())
 
   /** Keys with active records everywhere, each in every worker's memory. */
   async function cachedEverywhere (keys: Array<{ key: string, hash: string }>, extra: Record<string, unknown> = {}): Promise<void> {

@@ -5,27 +5,16 @@
  * another process when it was called cannot write its answer back anywhere.
  */
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { generateApiKey } from '../lib'
 import { record } from './helpers/key-source'
-import { startRedis, type RedisServer } from './helpers/redis-server'
-import { setRecordEverywhere, TieredWorker, untilCachedIn } from './helpers/tiered-worker-process'
+import { setRecordEverywhere, type TieredWorker, untilCachedIn, useTieredWorkers } from './helpers/tiered-worker-process'
 import { until } from './helpers/wait'
 
 const newKey = (): { key: string, hash: string } => generateApiKey({ prefix: 'owner' })
 
 describe('deleteOwner across processes of the tiered backend', () => {
-  let redis: RedisServer
-  const workers: TieredWorker[] = []
-
-  before(async () => {
-    redis = await startRedis()
-    for (const name of ['A', 'B', 'C']) workers.push(await TieredWorker.start(name, redis.url))
-  })
-  after(async () => {
-    await Promise.all(workers.map((worker) => worker.stop()))
-    await redis?.destroy()
-  })
+  const { workers } = useTieredWorkers()
 
   test('after deleteOwner resolves in one process, every process refuses the owner\'s keys and still serves others from memory', { timeout: 120_000 }, async () => {
     const [a] = workers as [TieredWorker]

@@ -1,12 +1,10 @@
 import assert from 'node:assert/strict'
 import { after, describe, test, type TestContext } from 'node:test'
-import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
+import { BACKENDS, registerOnBackend, type Backend } from './helpers/backend-app'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
-
-const BACKENDS = ['memory', 'redis', 'tiered'] as const
-type Backend = typeof BACKENDS[number]
 
 const redis = usePrivateRedis()
 
@@ -63,21 +61,7 @@ async function build (t: TestContext, backend: Backend, apiKeys: ApiKeysOptions 
   setup?: (app: FastifyInstance, keys: KeyDirectory) => void): Promise<Built> {
   const keys = new KeyDirectory()
   const keyPrefix = `hook-${++apps}:`
-  const app = Fastify()
-  const client = backend === 'memory' ? undefined : redis.server.client()
-  t.after(async () => {
-    await app.close()
-    client?.disconnect()
-  })
-  await client?.ping()
-  await app.register(fastifyAuthCache, {
-    backend,
-    strict: true,
-    redis: client,
-    // Timeouts are not under test here; a loaded machine must not turn a slow Redis call into a miss.
-    redisTimeoutMs: 2000,
-    apiKeys: { lookup: keys.lookup, keyPrefix, ...apiKeys }
-  })
+  const app = await registerOnBackend(t, redis, backend, { lookup: keys.lookup, keyPrefix, ...apiKeys })
   app.get('/', (request) => ({ apiKey: request.apiKey }))
   setup?.(app, keys)
   await app.ready()

@@ -7,12 +7,11 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { generateApiKey } from '../lib'
 import { record } from './helpers/key-source'
-import { startRedis, type RedisServer } from './helpers/redis-server'
-import { setRecordEverywhere, TieredWorker, untilCachedIn } from './helpers/tiered-worker-process'
+import { setRecordEverywhere, untilCachedIn, useTieredWorkers } from './helpers/tiered-worker-process'
 import { until } from './helpers/wait'
 
 const run = promisify(execFile)
@@ -24,12 +23,12 @@ const newKey = (): { key: string, hash: string } => generateApiKey({ prefix: 'pr
 const instance = randomBytes(8).toString('hex')
 
 describe('revoking with redis-cli, following docs/protocol.md only', () => {
-  let redis: RedisServer
-  const workers: TieredWorker[] = []
+  const started = useTieredWorkers()
+  const { workers } = started
 
   /** One redis-cli process; its reply as text (raw mode, one line per element). */
   async function cli (...args: string[]): Promise<string> {
-    const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--raw', ...args], { timeout: 10_000 })
+    const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(started.redis.port), '--raw', ...args], { timeout: 10_000 })
     return stdout
   }
 
@@ -44,15 +43,6 @@ describe('revoking with redis-cli, following docs/protocol.md only', () => {
     } while (cursor !== '0')
     return keys
   }
-
-  before(async () => {
-    redis = await startRedis()
-    for (const name of ['A', 'B', 'C']) workers.push(await TieredWorker.start(name, redis.url))
-  })
-  after(async () => {
-    await Promise.all(workers.map((worker) => worker.stop()))
-    await redis?.destroy()
-  })
 
   async function cachedEverywhere (keys: Array<{ key: string, hash: string }>, extra: Record<string, unknown> = {}): Promise<void> {
     for (const [i, { hash }] of keys.entries()) await setRecordEverywhere(workers, hash, record(`proto-${i}`, extra))

@@ -2,9 +2,10 @@ import assert from 'node:assert/strict'
 import diagnostics from 'node:diagnostics_channel'
 import { after, describe, test, type TestContext } from 'node:test'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
+import fastifyAuthCache, { hashApiKey, type ApiKeyRecord } from '../lib'
 import { isQuota, periodAt, secondsUntil } from '../lib/quota/period'
 import { quotaKey } from '../lib/quota/redis-quota-store'
+import { BACKENDS, RecordKeys, registerOnBackend, send, type Backend } from './helpers/backend-app'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
 import { until } from './helpers/wait'
@@ -12,51 +13,20 @@ import { until } from './helpers/wait'
 // CONTRACT section 14 in one process: the 429 and its order after 401/403, route cost, bad
 // input, verifyApiKey, the 503 when no lease can be granted, and the periods' arithmetic.
 
-const BACKENDS = ['memory', 'redis', 'tiered'] as const
-type Backend = typeof BACKENDS[number]
-
 const redis = usePrivateRedis()
 
 after(() => {
   failIfHeldOpen('quota.test.ts')
 })
 
-class Keys {
-  private readonly records = new Map<string, ApiKeyRecord>()
-  add (record: ApiKeyRecord): string {
-    const { key, hash } = generateApiKey({ prefix: 'quota' })
-    this.records.set(hash, record)
-    return key
-  }
-
-  /** The source of truth changes the key's record. */
-  replace (key: string, record: ApiKeyRecord): void {
-    this.records.set(hashApiKey(key), record)
-  }
-
-  readonly lookup: NonNullable<ApiKeysOptions['lookup']> = async (keyHash) => {
-    const record = this.records.get(keyHash)
-    return record === undefined ? null : structuredClone(record)
-  }
+class Keys extends RecordKeys {
+  constructor () { super('quota') }
 }
 
 let apps = 0
 
 async function build (t: TestContext, backend: Backend, keys: Keys, options: { redisTimeoutMs?: number } = {}): Promise<FastifyInstance> {
-  const app = Fastify()
-  const client = backend === 'memory' ? undefined : redis.server.client()
-  t.after(async () => {
-    await app.close()
-    client?.disconnect()
-  })
-  await client?.ping()
-  await app.register(fastifyAuthCache, {
-    backend,
-    strict: true,
-    redis: client,
-    redisTimeoutMs: options.redisTimeoutMs ?? 2000,
-    apiKeys: { lookup: keys.lookup, keyPrefix: `quota-${++apps}:` }
-  })
+  const app = await registerOnBackend(t, redis, backend, { lookup: keys.lookup, keyPrefix: `quota-${++apps}:` }, options)
   app.get('/one', async () => 'ok')
   app.get('/three', { config: { apiKey: { cost: 3 } } }, async () => 'ok')
   app.get('/admin', { config: { apiKey: { scopes: ['admin'], cost: 2 } } }, async () => 'ok')
@@ -66,7 +36,7 @@ async function build (t: TestContext, backend: Backend, keys: Keys, options: { r
 }
 
 function get (app: FastifyInstance, url: string, key?: string): Promise<LightMyRequestResponse> {
-  return app.inject({ method: 'GET', url, headers: key === undefined ? {} : { 'x-api-key': key } })
+  return send(app, 'GET', url, key)
 }
 
 async function statuses (app: FastifyInstance, url: string, key: string, count: number): Promise<number[]> {

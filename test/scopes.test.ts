@@ -3,13 +3,11 @@ import { after, describe, test, type TestContext } from 'node:test'
 import fastifyAuth from '@fastify/auth'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import fastifyAuthCache, { generateApiKey, hashApiKey, type ApiKeyRecord, type ApiKeysOptions } from '../lib'
+import { BACKENDS, RecordKeys, registerOnBackend, send, type Backend } from './helpers/backend-app'
 import { failIfHeldOpen } from './helpers/fail-if-held-open'
 import { usePrivateRedis } from './helpers/redis-server'
 
 // CONTRACT section 7: authorization by scopes.
-
-const BACKENDS = ['memory', 'redis', 'tiered'] as const
-type Backend = typeof BACKENDS[number]
 
 const redis = usePrivateRedis()
 
@@ -18,22 +16,8 @@ after(() => {
 })
 
 /** A source of truth: key → record, and how often each hash was asked for. */
-class Keys {
-  private readonly records = new Map<string, ApiKeyRecord>()
-  readonly calls: string[] = []
-
-  add (record: ApiKeyRecord): string {
-    const { key, hash } = generateApiKey({ prefix: 'scope' })
-    this.records.set(hash, record)
-    return key
-  }
-
-  readonly lookup: NonNullable<ApiKeysOptions['lookup']> = async (keyHash) => {
-    this.calls.push(keyHash)
-    // A copy, as a database answers: nothing of the cache can be changed through it.
-    const record = this.records.get(keyHash)
-    return record === undefined ? null : structuredClone(record)
-  }
+class Keys extends RecordKeys {
+  constructor () { super('scope') }
 }
 
 let apps = 0
@@ -41,20 +25,7 @@ let apps = 0
 async function build (t: TestContext, backend: Backend, apiKeys: ApiKeysOptions = {},
   setup?: (app: FastifyInstance) => void | Promise<void>): Promise<{ app: FastifyInstance, keys: Keys }> {
   const keys = new Keys()
-  const app = Fastify()
-  const client = backend === 'memory' ? undefined : redis.server.client()
-  t.after(async () => {
-    await app.close()
-    client?.disconnect()
-  })
-  await client?.ping()
-  await app.register(fastifyAuthCache, {
-    backend,
-    strict: true,
-    redis: client,
-    redisTimeoutMs: 2000,
-    apiKeys: { lookup: keys.lookup, keyPrefix: `scopes-${++apps}:`, ...apiKeys }
-  })
+  const app = await registerOnBackend(t, redis, backend, { lookup: keys.lookup, keyPrefix: `scopes-${++apps}:`, ...apiKeys })
   await setup?.(app)
   await app.ready()
   return { app, keys }
@@ -69,11 +40,6 @@ function routes (app: FastifyInstance): void {
   app.get('/empty', { config: { apiKey: { scopes: [] } } }, (request) => ({ apiKey: request.apiKey }))
   app.get('/plain', { config: { apiKey: {} } }, (request) => ({ apiKey: request.apiKey }))
   app.get('/true', { config: { apiKey: true } }, (request) => ({ apiKey: request.apiKey }))
-}
-
-function send (app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE' | 'HEAD', url: string, key?: string, header = 'x-api-key'): Promise<LightMyRequestResponse> {
-  const value = key === undefined ? undefined : header === 'authorization' ? `Bearer ${key}` : key
-  return app.inject({ method, url, headers: value === undefined ? {} : { [header]: value } })
 }
 
 function assertForbidden (res: LightMyRequestResponse, challenge: string): void {

@@ -2,27 +2,20 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import diagnostics from 'node:diagnostics_channel'
 import { join } from 'node:path'
-import { describe, test, type TestContext } from 'node:test'
+import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
-import { metrics } from '@opentelemetry/api'
-import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics'
+import type { ResourceMetrics } from '@opentelemetry/sdk-metrics'
 import Fastify from 'fastify'
 import fastifyAuthCache, { hashApiKey } from '../lib'
 import { buildApp, call, newKey, newPrefix } from './helpers/api-key-cache-contract'
 import { KeySource, record } from './helpers/key-source'
 import { usePrivateRedis } from './helpers/redis-server'
+import { subscribe, useGlobalMeterProvider } from './helpers/telemetry'
 import { until } from './helpers/wait'
 
 /** CONTRACT section 11: diagnostics_channel messages and OpenTelemetry instruments. */
 
 const redis = usePrivateRedis()
-
-function subscribe (name: string): { messages: any[], stop: () => void } {
-  const messages: any[] = []
-  const listener = (message: unknown): void => { messages.push(message) }
-  diagnostics.subscribe(name, listener)
-  return { messages, stop: () => diagnostics.unsubscribe(name, listener) }
-}
 
 describe('diagnostics_channel', () => {
   test('fastify-auth-cache:authenticate reports every outcome, with the hash and never the key', async (t) => {
@@ -123,22 +116,6 @@ describe('diagnostics_channel', () => {
     assert.ok(watchedReads / 50 >= perRequest + 2, `watched: ${watchedReads / 50} clock reads per request, unwatched: ${perRequest}`)
   })
 })
-
-/**
- * An in-memory meter provider as the global one for the test (its 60 s interval leaves exports to `forceFlush`),
- * shut down and the global one removed after it.
- */
-function useGlobalMeterProvider (t: TestContext): { exporter: InMemoryMetricExporter, reader: PeriodicExportingMetricReader } {
-  const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
-  const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000 })
-  const provider = new MeterProvider({ readers: [reader] })
-  metrics.setGlobalMeterProvider(provider)
-  t.after(async () => {
-    await provider.shutdown()
-    metrics.disable()
-  })
-  return { exporter, reader }
-}
 
 describe('OpenTelemetry metrics', () => {
   test('metrics: true records requests, lookup durations, invalidations and entries on the global meter provider', async (t) => {

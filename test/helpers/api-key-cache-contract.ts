@@ -9,7 +9,7 @@ import {
   type ApiKeyCacheStats, type ApiKeysOptions, type BackendName
 } from '../../lib'
 import { KeySource, record } from './key-source'
-import { deferred, until } from './wait'
+import { deferred, until, type Deferred } from './wait'
 
 /**
  * A client of any library the plugin supports (ioredis, iovalkey, node-redis; single node or
@@ -105,6 +105,22 @@ async function untilLocalTierServes (app: FastifyInstance, fixture: ApiKeyCacheC
     return (await app.apiKeyCache.get(probe))?.id === 'probe-local'
   })
   await inspect.del(keyPrefix + probe)
+}
+
+/** A request whose lookup has started and is held. */
+interface HeldLookup {
+  key: string
+  keyHash: string
+  /** Settles the held lookup. */
+  answer: Deferred<unknown>
+  inFlight: Promise<Reply>
+}
+
+/** What `withLookupInFlight` leaves for the test: the app, its source, and the request whose lookup is held. */
+interface LookupInFlight extends HeldLookup {
+  keyPrefix: string
+  source: KeySource
+  app: FastifyInstance
 }
 
 /** The contract of `fastify.apiKeyCache` and of the hook's caching, for one backend. */
@@ -321,6 +337,25 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
       assert.equal(app.apiKeyCache.stats().lookups, 2)
     })
 
+    /** A request to `app` for a fresh key whose lookup has started and is held until `answer` settles. */
+    async function holdLookup (app: FastifyInstance, source: KeySource): Promise<HeldLookup> {
+      const key = newKey()
+      const keyHash = hashApiKey(key)
+      const answer = deferred<unknown>()
+      source.answer(keyHash, () => answer.promise)
+      const inFlight = call(app, key)
+      await until('lookup started', () => source.calls(keyHash) === 1)
+      return { key, keyHash, answer, inFlight }
+    }
+
+    /** An app with its own prefix, and one request to it whose lookup is held (see holdLookup). */
+    async function withLookupInFlight (t: TestContext): Promise<LookupInFlight> {
+      const keyPrefix = newPrefix()
+      const source = new KeySource()
+      const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
+      return { keyPrefix, source, app, ...await holdLookup(app, source) }
+    }
+
     const revocations: Array<[string, (app: FastifyInstance, keyHash: string) => Promise<void>]> = [
       ['delete', (app, keyHash) => app.apiKeyCache.delete(keyHash)],
       // The contract asks this of delete; clear gives the same guarantee inside one process.
@@ -328,17 +363,8 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
     ]
     for (const [name, revoke] of revocations) {
       test(`a ${name} issued while lookup is in flight is not undone by that lookup`, options, async (t) => {
-        const keyPrefix = newPrefix()
-        const source = new KeySource()
-        const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
-
         // A record revoked while its lookup was running.
-        const key = newKey()
-        const keyHash = hashApiKey(key)
-        const stale = deferred<unknown>()
-        source.answer(keyHash, () => stale.promise)
-        const inFlight = call(app, key)
-        await until('lookup started', () => source.calls(keyHash) === 1)
+        const { keyPrefix, source, app, key, keyHash, answer: stale, inFlight } = await withLookupInFlight(t)
         await revoke(app, keyHash)
         source.answer(keyHash, record('revoked', { active: false }))
         stale.resolve(record('revoked'))
@@ -349,12 +375,7 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
         assert.equal(source.calls(keyHash), 2)
 
         // A key created while the lookup that did not know it was running.
-        const created = newKey()
-        const createdHash = hashApiKey(created)
-        const notYet = deferred<unknown>()
-        source.answer(createdHash, () => notYet.promise)
-        const unknownInFlight = call(app, created)
-        await until('lookup started', () => source.calls(createdHash) === 1)
+        const { key: created, keyHash: createdHash, answer: notYet, inFlight: unknownInFlight } = await holdLookup(app, source)
         await revoke(app, createdHash)
         source.answer(createdHash, record('created'))
         notYet.resolve(null)
@@ -367,15 +388,7 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
     }
 
     test('a delete of one key does not stop a lookup in flight for another key from being cached', options, async (t) => {
-      const keyPrefix = newPrefix()
-      const source = new KeySource()
-      const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
-      const key = newKey()
-      const keyHash = hashApiKey(key)
-      const slow = deferred<unknown>()
-      source.answer(keyHash, () => slow.promise)
-      const inFlight = call(app, key)
-      await until('lookup started', () => source.calls(keyHash) === 1)
+      const { source, app, key, keyHash, answer: slow, inFlight } = await withLookupInFlight(t)
       await app.apiKeyCache.delete(hashApiKey(newKey()))
       slow.resolve(record('kept'))
       assert.equal((await inFlight).status, 200)
@@ -608,15 +621,7 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
     }
 
     test('deleteOwner issued while a lookup is in flight is not undone by that lookup', options, async (t) => {
-      const keyPrefix = newPrefix()
-      const source = new KeySource()
-      const app = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
-      const key = newKey()
-      const keyHash = hashApiKey(key)
-      const stale = deferred<unknown>()
-      source.answer(keyHash, () => stale.promise)
-      const inFlight = call(app, key)
-      await until('lookup started', () => source.calls(keyHash) === 1)
+      const { keyPrefix, source, app, key, keyHash, answer: stale, inFlight } = await withLookupInFlight(t)
       // The lookup's owner is unknown until it answers: deleteOwner must stop it whatever its key.
       await app.apiKeyCache.deleteOwner('owner-in-flight')
       source.answer(keyHash, record('revoked', { ownerId: 'owner-in-flight', active: false }))
@@ -652,11 +657,17 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
     })
 
     if (usesRedis) {
-      test('deleteOwner in one app is seen by another app sharing the backend; other owners stay cached there', options, async (t) => {
+      /** Two apps on one prefix of the shared backend: one serves `source`'s keys, the other revokes. */
+      async function servingAndRevoking (t: TestContext): Promise<{ source: KeySource, serving: FastifyInstance, revoking: FastifyInstance }> {
         const keyPrefix = newPrefix()
         const source = new KeySource()
         const serving = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
         const revoking = await buildApp(t, fixture, { apiKeys: { keyPrefix } })
+        return { source, serving, revoking }
+      }
+
+      test('deleteOwner in one app is seen by another app sharing the backend; other owners stay cached there', options, async (t) => {
+        const { source, serving, revoking } = await servingAndRevoking(t)
         const owned = [newKey(), newKey()]
         const other = newKey()
         for (const key of owned) source.answer(hashApiKey(key), record(`owned-${key}`, { ownerId: 'shared-owner' }))
@@ -677,22 +688,13 @@ export function apiKeyCacheContract (label: string, fixture: ApiKeyCacheContract
       })
 
       test('delete and clear in one app are seen by another app sharing the backend', options, async (t) => {
-        const keyPrefix = newPrefix()
-        const source = new KeySource()
-        const serving = await buildApp(t, fixture, { source, apiKeys: { keyPrefix } })
-        const revoking = await buildApp(t, fixture, { apiKeys: { keyPrefix } })
+        const { source, serving, revoking } = await servingAndRevoking(t)
         const deleted = newKey()
         const cleared = newKey()
         source.answer(hashApiKey(deleted), record('deleted'))
         source.answer(hashApiKey(cleared), record('cleared'))
-        for (const key of [deleted, cleared]) {
-          // Until served from the cache, so that the revocation below has something to undo.
-          await until('the key is cached', async () => {
-            const before = source.calls(hashApiKey(key))
-            assert.equal((await call(serving, key)).status, 200)
-            return source.calls(hashApiKey(key)) === before
-          })
-        }
+        // Until served from the cache, so that the revocation below has something to undo.
+        for (const key of [deleted, cleared]) await untilCached(serving, source, key)
         const deletedCalls = source.calls(hashApiKey(deleted))
         const clearedCalls = source.calls(hashApiKey(cleared))
 

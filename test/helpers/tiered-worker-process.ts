@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict'
 import { until } from './wait'
 import { join } from 'node:path'
+import { after, before } from 'node:test'
 import type { ApiKeyCacheStats, ApiKeyRecord } from '../../lib'
 import { Child } from './child-process'
+import { startRedis, type RedisServer } from './redis-server'
 
 export interface RequestOutcome {
   status: number
@@ -130,4 +132,32 @@ export async function untilCachedIn (worker: TieredWorker, key: string): Promise
     assert.equal((await worker.request(key)).status, 200)
     return (await worker.stats()).lookupCalls === before
   })
+}
+
+export interface TieredWorkers {
+  /** The private Redis the workers share; available from the first test on. */
+  readonly redis: RedisServer
+  /** The workers, in the order of their names; filled before the first test. */
+  readonly workers: TieredWorker[]
+}
+
+/**
+ * For the suite this is called in: a private Redis and one worker per name on it, started before
+ * its first test; the workers stopped and the Redis destroyed after its last.
+ */
+export function useTieredWorkers (names: string[] = ['A', 'B', 'C']): TieredWorkers {
+  let redis: RedisServer | undefined
+  const workers: TieredWorker[] = []
+  before(async () => {
+    redis = await startRedis()
+    for (const name of names) workers.push(await TieredWorker.start(name, redis.url))
+  })
+  after(async () => {
+    await Promise.all(workers.map((worker) => worker.stop()))
+    await redis?.destroy()
+  })
+  return {
+    get redis () { return redis! },
+    workers
+  }
 }
