@@ -12,11 +12,9 @@ import { after, before, describe, test } from 'node:test'
 import type Redis from 'ioredis'
 import { generateApiKey } from '../lib'
 import { runCli, type CliRun } from './helpers/cli-process'
-import { record } from './helpers/key-source'
 import { freePort, type RedisServer } from './helpers/redis-server'
 import { createLeastPrivilegeUser } from './helpers/redis-topologies'
-import { setRecordEverywhere, untilCachedIn, useTieredWorkers } from './helpers/tiered-worker-process'
-import { until } from './helpers/wait'
+import { cachedEverywhere, setRecordEverywhere, untilRefusedEverywhere, useTieredWorkers } from './helpers/tiered-worker-process'
 
 const FAILURE_BOUND_MS = 10_000
 const newKey = (): { key: string, hash: string } => generateApiKey({ prefix: 'cli' })
@@ -44,52 +42,40 @@ describe('the fastify-auth-cache command', () => {
   })
   after(() => admin?.disconnect())
 
-  /** Keys with active records everywhere, each in every worker's memory. */
-  async function cachedEverywhere (keys: Array<{ key: string, hash: string }>, extra: Record<string, unknown> = {}): Promise<void> {
-    for (const [i, { hash }] of keys.entries()) await setRecordEverywhere(workers, hash, record(`cli-${i}`, extra))
-    for (const worker of workers) for (const { key } of keys) await untilCachedIn(worker, key)
-  }
-
-  async function untilRefusedEverywhere (keys: Array<{ key: string }>): Promise<void> {
-    for (const worker of workers) {
-      for (const { key } of keys) await until(`${worker.name} refuses the key`, async () => (await worker.request(key)).status === 401)
-    }
-  }
-
   test('revoke <key>: every process refuses it; the key is hashed and never printed', { timeout: 120_000 }, async () => {
     const target = newKey()
     const bystander = newKey()
-    await cachedEverywhere([target, bystander])
+    await cachedEverywhere(workers, [target, bystander], 'cli')
     await setRecordEverywhere(workers, target.hash, null)
     const run = await runCli(['revoke', target.key, '--redis', redis.url])
     assertSucceeded(run, 'revoke <key>')
     assert.ok(!run.stdout.includes(target.key) && !run.stderr.includes(target.key), 'the plaintext key was printed')
     assert.match(run.stdout, new RegExp(target.hash))
-    await untilRefusedEverywhere([target])
+    await untilRefusedEverywhere(workers, [target])
     for (const worker of workers) assert.equal((await worker.request(bystander.key)).status, 200)
   })
 
   test('revoke - reads the key from standard input; revoke --hash takes its SHA-256; REDIS_URL is the default server', { timeout: 120_000 }, async () => {
     const piped = newKey()
     const hashed = newKey()
-    await cachedEverywhere([piped, hashed])
+    await cachedEverywhere(workers, [piped, hashed], 'cli')
     await setRecordEverywhere(workers, piped.hash, null)
     await setRecordEverywhere(workers, hashed.hash, null)
     const fromStdin = await runCli(['revoke', '-'], { env: { REDIS_URL: redis.url }, stdin: `${piped.key}\n` })
     assertSucceeded(fromStdin, 'revoke -')
     assert.ok(!fromStdin.stdout.includes(piped.key) && !fromStdin.stderr.includes(piped.key), 'the plaintext key was printed')
     assertSucceeded(await runCli(['revoke', '--hash', hashed.hash.toUpperCase(), `--redis=${redis.url}`]), 'revoke --hash')
-    await untilRefusedEverywhere([piped, hashed])
+    await untilRefusedEverywhere(workers, [piped, hashed])
   })
 
   test('revoke --owner: every process refuses the owner\'s keys and still serves other owners\' keys from memory', { timeout: 120_000 }, async () => {
     const owned = Array.from({ length: 5 }, newKey)
     const others = Array.from({ length: 3 }, newKey)
-    await cachedEverywhere(owned, { ownerId: 'cli-owner' })
-    await cachedEverywhere(others, { ownerId: 'cli-other' })
+    await cachedEverywhere(workers, owned, 'cli', { ownerId: 'cli-owner' })
+    await cachedEverywhere(workers, others, 'cli', { ownerId: 'cli-other' })
     for (const { hash } of owned) await setRecordEverywhere(workers, hash, null)
     assertSucceeded(await runCli(['revoke', '--owner', 'cli-owner', '--redis', redis.url]), 'revoke --owner')
-    await untilRefusedEverywhere(owned)
+    await untilRefusedEverywhere(workers, owned)
     for (const worker of workers) {
       const lookups = (await worker.stats()).lookupCalls
       for (const { key } of others) assert.equal((await worker.request(key)).status, 200)
@@ -99,7 +85,7 @@ describe('the fastify-auth-cache command', () => {
 
   test('clear: every process drops every entry of the prefix; --prefix names another cache, untouched by default', { timeout: 120_000 }, async () => {
     const keys = [newKey(), newKey()]
-    await cachedEverywhere(keys)
+    await cachedEverywhere(workers, keys, 'cli')
     await admin.set('othercache:x', 'kept')
     for (const { hash } of keys) await setRecordEverywhere(workers, hash, null)
     // Another prefix: nothing of this cache is touched, and no process hears it.
@@ -107,17 +93,17 @@ describe('the fastify-auth-cache command', () => {
     assert.equal(await admin.exists('othercache:x'), 0)
     for (const worker of workers) for (const { key } of keys) assert.equal((await worker.request(key)).status, 200)
     assertSucceeded(await runCli(['clear', '--redis', redis.url]), 'clear')
-    await untilRefusedEverywhere(keys)
+    await untilRefusedEverywhere(workers, keys)
   })
 
   test('a least-privilege ACL user (its prefix and the plugin\'s channels) can revoke, clear and revoke an owner', { timeout: 60_000 }, async () => {
     const user = await createLeastPrivilegeUser(admin, { keyPrefixes: ['apikey:'] })
     const url = `redis://${user.username}:${user.password}@127.0.0.1:${redis.port}`
     const { key, hash } = newKey()
-    await cachedEverywhere([{ key, hash }], { ownerId: 'acl-owner' })
+    await cachedEverywhere(workers, [{ key, hash }], 'cli', { ownerId: 'acl-owner' })
     await setRecordEverywhere(workers, hash, null)
     assertSucceeded(await runCli(['revoke', '--owner', 'acl-owner', '--redis', url]), 'revoke --owner as a least-privilege user')
-    await untilRefusedEverywhere([{ key }])
+    await untilRefusedEverywhere(workers, [{ key }])
     assertSucceeded(await runCli(['revoke', '--hash', hash, '--redis', url]), 'revoke --hash as a least-privilege user')
     assertSucceeded(await runCli(['clear', '--redis', url]), 'clear as a least-privilege user')
   })

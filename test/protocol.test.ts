@@ -10,9 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { generateApiKey } from '../lib'
-import { record } from './helpers/key-source'
-import { setRecordEverywhere, untilCachedIn, useTieredWorkers } from './helpers/tiered-worker-process'
-import { until } from './helpers/wait'
+import { cachedEverywhere, setRecordEverywhere, untilRefusedEverywhere, useTieredWorkers } from './helpers/tiered-worker-process'
 
 const run = promisify(execFile)
 const PREFIX = 'apikey:'
@@ -44,39 +42,28 @@ describe('revoking with redis-cli, following docs/protocol.md only', () => {
     return keys
   }
 
-  async function cachedEverywhere (keys: Array<{ key: string, hash: string }>, extra: Record<string, unknown> = {}): Promise<void> {
-    for (const [i, { hash }] of keys.entries()) await setRecordEverywhere(workers, hash, record(`proto-${i}`, extra))
-    for (const worker of workers) for (const { key } of keys) await untilCachedIn(worker, key)
-  }
-
-  async function untilRefusedEverywhere (keys: Array<{ key: string }>): Promise<void> {
-    for (const worker of workers) {
-      for (const { key } of keys) await until(`${worker.name} refuses the key`, async () => (await worker.request(key)).status === 401)
-    }
-  }
-
   test('one key: DEL, INCR the revision and PUBLISH d:<instance>:<revision>:<hash> in one script', { timeout: 120_000 }, async () => {
     const target = newKey()
     const bystander = newKey()
-    await cachedEverywhere([target, bystander])
+    await cachedEverywhere(workers, [target, bystander], 'proto')
     await setRecordEverywhere(workers, target.hash, null)
     const revision = Number((await cli('EVAL', "redis.call('DEL', KEYS[1]) local r = redis.call('INCR', KEYS[2]) redis.call('PUBLISH', ARGV[1], ARGV[2] .. r .. ARGV[3]) return r",
       '2', `${PREFIX}${target.hash}`, `${PREFIX}~revision`, CHANNEL, `d:${instance}:`, `:${target.hash}`)).trim())
     assert.ok(revision >= 1, 'the script answers the revision it set')
     assert.equal(await cli('EXISTS', `${PREFIX}${target.hash}`).then((text) => text.trim()), '0')
-    await untilRefusedEverywhere([target])
+    await untilRefusedEverywhere(workers, [target])
     for (const worker of workers) assert.equal((await worker.request(bystander.key)).status, 200)
   })
 
   test('one key without a script: DEL, then PUBLISH d:<instance>:0:<hash>', { timeout: 120_000 }, async () => {
     const target = newKey()
     const bystander = newKey()
-    await cachedEverywhere([target, bystander])
+    await cachedEverywhere(workers, [target, bystander], 'proto')
     await setRecordEverywhere(workers, target.hash, null)
     assert.equal((await cli('DEL', `${PREFIX}${target.hash}`)).trim(), '1')
     const receivers = Number((await cli('PUBLISH', CHANNEL, `d:${instance}:0:${target.hash}`)).trim())
     assert.ok(receivers >= workers.length, `every worker subscribes to the documented channel (${receivers} receivers)`)
-    await untilRefusedEverywhere([target])
+    await untilRefusedEverywhere(workers, [target])
     for (const worker of workers) assert.equal((await worker.request(bystander.key)).status, 200)
   })
 
@@ -84,8 +71,8 @@ describe('revoking with redis-cli, following docs/protocol.md only', () => {
     const ownerId = 'org:7:"proto"'
     const owned = [newKey(), newKey(), newKey()]
     const others = [newKey(), newKey()]
-    await cachedEverywhere(owned, { ownerId })
-    await cachedEverywhere(others, { ownerId: 'org:8' })
+    await cachedEverywhere(workers, owned, 'proto', { ownerId })
+    await cachedEverywhere(workers, others, 'proto', { ownerId: 'org:8' })
     for (const { hash } of owned) await setRecordEverywhere(workers, hash, null)
 
     let deleted = 0
@@ -104,7 +91,7 @@ describe('revoking with redis-cli, following docs/protocol.md only', () => {
     const revision = (await cli('INCR', `${PREFIX}~revision`)).trim()
     await cli('PUBLISH', CHANNEL, `o:${instance}:${revision}:${ownerId}`)
 
-    await untilRefusedEverywhere(owned)
+    await untilRefusedEverywhere(workers, owned)
     for (const worker of workers) {
       const lookups = (await worker.stats()).lookupCalls
       for (const { key } of others) assert.equal((await worker.request(key)).status, 200)
@@ -114,13 +101,13 @@ describe('revoking with redis-cli, following docs/protocol.md only', () => {
 
   test('everything: SCAN and DEL every key under the prefix but the revision, then INCR and PUBLISH c:<instance>:<revision>', { timeout: 120_000 }, async () => {
     const keys = [newKey(), newKey()]
-    await cachedEverywhere(keys)
+    await cachedEverywhere(workers, keys, 'proto')
     for (const { hash } of keys) await setRecordEverywhere(workers, hash, null)
     const found = (await scanPrefix()).filter((key) => key !== `${PREFIX}~revision`)
     assert.ok(found.length >= keys.length)
     await cli('DEL', ...found)
     const revision = (await cli('INCR', `${PREFIX}~revision`)).trim()
     await cli('PUBLISH', CHANNEL, `c:${instance}:${revision}`)
-    await untilRefusedEverywhere(keys)
+    await untilRefusedEverywhere(workers, keys)
   })
 })

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { after, before } from 'node:test'
 import type { ApiKeyCacheStats, ApiKeyRecord } from '../../lib'
 import { Child } from './child-process'
+import { record } from './key-source'
 import { startRedis, type RedisServer } from './redis-server'
 
 export interface RequestOutcome {
@@ -132,6 +133,20 @@ export async function untilCachedIn (worker: TieredWorker, key: string): Promise
     assert.equal((await worker.request(key)).status, 200)
     return (await worker.stats()).lookupCalls === before
   })
+}
+
+/** Keys with active records (`<idPrefix>-<i>`, plus `extra`) in every worker's source, each in every worker's memory. */
+export async function cachedEverywhere (workers: TieredWorker[], keys: Array<{ key: string, hash: string }>, idPrefix: string,
+  extra: Record<string, unknown> = {}): Promise<void> {
+  for (const [i, { hash }] of keys.entries()) await setRecordEverywhere(workers, hash, record(`${idPrefix}-${i}`, extra))
+  for (const worker of workers) for (const { key } of keys) await untilCachedIn(worker, key)
+}
+
+/** Waits until every worker refuses every key. */
+export async function untilRefusedEverywhere (workers: TieredWorker[], keys: Array<{ key: string }>): Promise<void> {
+  for (const worker of workers) {
+    for (const { key } of keys) await until(`${worker.name} refuses the key`, async () => (await worker.request(key)).status === 401)
+  }
 }
 
 export interface TieredWorkers {
