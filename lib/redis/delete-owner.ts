@@ -1,11 +1,10 @@
 import { RevocationNotReplicatedError } from '../errors'
-import { escapeGlob } from './clear-prefix'
 import type { RedisAdapter } from './client'
 import { keySlot } from './cluster-nodes'
 import type { Bound } from './guard'
+import { scanPrefix } from './scan-prefix'
 import { DELETE_OWNER_ENTRIES } from './scripts'
 
-const SCAN_BATCH = 500
 const BATCHES_IN_FLIGHT = 4
 // A larger value under the prefix is not a record the plugin reads (see redis-store.ts).
 const MAX_VALUE_LENGTH = 1 << 20
@@ -38,9 +37,8 @@ function escapedByJson (text: string): boolean {
  */
 export async function deleteOwnerEntries (options: DeleteOwnerOptions): Promise<number> {
   const { redis, bound, ownerId } = options
-  // SCAN MATCH ignores the client's keyPrefix and answers stored keys; scripts get keys without it.
+  // SCAN answers stored keys; scripts get keys without the client's keyPrefix.
   const clientPrefix = redis.keyPrefix
-  const pattern = escapeGlob(clientPrefix + options.prefix) + '*'
   const args = [ownerId, escapedByJson(ownerId) ? '0' : '1', MAX_VALUE_LENGTH]
   let bySlot = false
   let deleted = 0
@@ -89,15 +87,10 @@ export async function deleteOwnerEntries (options: DeleteOwnerOptions): Promise<
     }
   }
   try {
-    for (const node of redis.masters()) {
-      let cursor = '0'
-      do {
-        const [next, found] = await bound(() => node.scan(cursor, pattern, SCAN_BATCH))
-        cursor = next
-        if (found.length > 0) inFlight.push(judge(found))
-        if (inFlight.length >= BATCHES_IN_FLIGHT) await settle(inFlight.shift()!)
-        if (failure !== undefined) throw failure
-      } while (cursor !== '0')
+    for await (const { storedKeys } of scanPrefix(redis, options.prefix, bound)) {
+      inFlight.push(judge(storedKeys))
+      if (inFlight.length >= BATCHES_IN_FLIGHT) await settle(inFlight.shift()!)
+      if (failure !== undefined) throw failure
     }
   } finally {
     // Never leave a batch's rejection unobserved, even when the scan failed.
