@@ -99,7 +99,7 @@ function heartbeatChannel (instance: string): string {
 
 const HEARTBEAT_MS = 300
 /** How old the newest echoed heartbeat may be while memory is trusted (contract: at most 1 s). */
-export const TRUST_DEADLINE_MS = 900
+const TRUST_DEADLINE_MS = 900
 const CLOSE_TIMEOUT_MS = 1000
 
 export class InvalidationBus {

@@ -4,7 +4,7 @@ import { withTimeout } from '../time-bound'
 import { redactedUrl } from './arguments'
 
 /** Connecting (TCP, TLS, AUTH) gives up after this long. */
-export const CONNECT_TIMEOUT_MS = 3000
+const CONNECT_TIMEOUT_MS = 3000
 const COMMAND_TIMEOUT_MS = 5000
 const QUIT_TIMEOUT_MS = 1000
 
