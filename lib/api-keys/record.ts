@@ -54,3 +54,13 @@ export function rejectReason (record: ApiKeyRecord | undefined): RejectReason | 
   if (record.expiresAt !== undefined && record.expiresAt <= Date.now()) return 'expired'
   return undefined
 }
+
+/**
+ * The owner a record's keys share a budget under (rate limits, quotas): its `ownerId` when that
+ * is a non-empty string or a finite number, as text; undefined for a key on its own.
+ */
+export function ownerOf (record: ApiKeyRecord): string | undefined {
+  const owner = record.ownerId
+  if (typeof owner === 'string') return owner.length > 0 ? owner : undefined
+  return typeof owner === 'number' && Number.isFinite(owner) ? String(owner) : undefined
+}

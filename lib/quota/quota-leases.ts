@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { QuotaUnavailableError } from '../errors'
+import { ownerOf } from '../api-keys/record'
 import type { ApiKeyRecord } from '../types'
 import { periodAt, secondsUntil, type ApiKeyQuota, type Period } from './period'
 import type { QuotaStore } from './quota-store'
@@ -142,16 +143,9 @@ export class QuotaLeases {
   }
 
   #leaseOf (record: ApiKeyRecord, quota: ApiKeyQuota, now: number): Lease {
-    const ownerId = record.ownerId
-    let leases: Map<string, Lease>
-    let name: string
-    if ((typeof ownerId === 'string' && ownerId.length > 0) || (typeof ownerId === 'number' && Number.isFinite(ownerId))) {
-      leases = this.#byOwner
-      name = typeof ownerId === 'string' ? ownerId : String(ownerId)
-    } else {
-      leases = this.#byId
-      name = record.id
-    }
+    const owner = ownerOf(record)
+    const leases = owner === undefined ? this.#byId : this.#byOwner
+    const name = owner ?? record.id
     let lease = leases.get(name)
     if (lease === undefined) {
       lease = new Lease(`${leases === this.#byOwner ? 'o' : 'k'}:${encodeURIComponent(name)}`, quota, now)

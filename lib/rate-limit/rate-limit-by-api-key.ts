@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import { ownerOf } from '../api-keys/record'
 import { InvalidOptionError } from '../errors'
 import type { ApiKeyRecord } from '../types'
 import { clientIpKey } from './client-ip'
@@ -57,11 +58,8 @@ export function rateLimitByApiKey (defaults: ApiKeyRateLimit): RateLimitByApiKey
     keyGenerator (request) {
       const record = request.apiKey as ApiKeyRecord | null
       if (record === null || record === undefined) return clientIpKey(request.ip)
-      const owner = record.ownerId
-      if ((typeof owner === 'string' && owner.length > 0) || (typeof owner === 'number' && Number.isFinite(owner))) {
-        return OWNER_PREFIX + owner
-      }
-      return KEY_PREFIX + record.id
+      const owner = ownerOf(record)
+      return owner === undefined ? KEY_PREFIX + record.id : OWNER_PREFIX + owner
     },
     max (request) {
       const limit = ownLimit(request)
