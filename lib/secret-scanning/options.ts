@@ -8,7 +8,7 @@ import { parsePublicKeys, type PublicKeysDocument, type VerificationKeys } from 
 /** One leaked key that was active in the source of truth when GitHub reported it. */
 export interface LeakedApiKey {
   keyHash: string
-  /** The record `lookup` answered for the key. */
+  /** The record `lookup` answered for the key, as the hook hands it to routes (a plain JSON copy). */
   record: ApiKeyRecord
   /** Where GitHub found the key (a URL of the commit, issue, gist...), as GitHub reported it. */
   url: string | undefined
