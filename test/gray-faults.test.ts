@@ -240,6 +240,29 @@ describe('a rolled-back dataset', () => {
       proxy.refusing = false
     })
   }
+
+  test('tiered: revocations heard while a slow read of the revision is under way are no rollback: nothing is made again', async (t) => {
+    const proxy = await startProxy(redis.server.port)
+    t.after(() => proxy.close())
+    const source = new KeySource()
+    const checker = await buildApp(t, { url: proxy.url, backend: 'tiered', lookup: source.lookup })
+    const revoker = await buildApp(t, { url: redis.server.url, backend: 'tiered', lookup: source.lookup })
+    // A revocation of its own makes the checker read the revision at every heartbeat.
+    await checker.apiKeyCache.delete(newKey().hash)
+    await until('the revoker heard it', () => revoker.apiKeyCache.stats().invalidations === 1)
+
+    // The checker's command replies (the revision read among them) arrive 250 ms late, while
+    // the subscriber hears each newer revision at once.
+    for (const connection of proxy.live(false)) connection.delayMs = 250
+    for (let i = 0; i < 40; i++) {
+      await revoker.apiKeyCache.delete(newKey().hash)
+      await sleep(50)
+    }
+    await until('the checker heard them all', () => checker.apiKeyCache.stats().invalidations === 40)
+    await sleep(1000)
+    // A checker that took the late read for an older dataset would have made its revocation again.
+    assert.equal(revoker.apiKeyCache.stats().invalidations, 1, 'the checker made its revocations again')
+  })
 })
 
 describe('a stalled event loop', () => {

@@ -23,13 +23,14 @@ export class DatasetRevision {
     if (revision > this.#highest) this.#highest = revision
   }
 
-  /** Whether `current`, read from Redis now, shows that the dataset went back. */
-  wentBack (current: number): boolean {
-    if (current >= this.#highest) {
-      this.#highest = current
-      return false
-    }
-    return true
+  /**
+   * Whether `current`, read from Redis, shows that the dataset went back. `knownWhenAsked` is
+   * `highest` as it was when the read was sent: a revocation heard on the subscriber connection
+   * while the read was under way may be newer than the value read, and is no sign of going back.
+   */
+  wentBack (current: number, knownWhenAsked: number): boolean {
+    this.seen(current)
+    return current < knownWhenAsked
   }
 }
 

@@ -341,10 +341,11 @@ export class RedisApiKeyStore implements ApiKeyStore {
   #checkRevision (): void {
     if (this.#checkingRevision || this.#closed) return
     this.#checkingRevision = true
+    const knownWhenAsked = this.#revision.highest
     this.#guard.offPath(() => this.#redis.readCounter(this.#revisionKey)).then((current) => {
       this.#checkingRevision = false
-      if (!this.#revision.wentBack(current)) return
-      this.#log.warn({ revision: current, expected: this.#revision.highest },
+      if (!this.#revision.wentBack(current, knownWhenAsked)) return
+      this.#log.warn({ revision: current, expected: knownWhenAsked },
         'fastify-auth-cache: Redis holds an older dataset than it had (a restore, a failover, a reload); making recent revocations again')
       this.#replay(true)
     }, () => {
