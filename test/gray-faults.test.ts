@@ -136,6 +136,30 @@ describe('a late but live channel', () => {
   })
 })
 
+describe('a subscriber that reconnects and then stalls', () => {
+  const redis = usePrivateRedis()
+
+  test('app.close() while its resubscription is unanswered leaves no unhandled rejection', async (t) => {
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown): void => { rejections.push(reason) }
+    process.on('unhandledRejection', onRejection)
+    t.after(() => process.removeListener('unhandledRejection', onRejection))
+    const proxy = await startProxy(redis.server.port)
+    t.after(() => proxy.close())
+    const app = await buildApp(t, { url: proxy.url, backend: 'tiered', lookup: () => null })
+    await until('the subscriber is open', () => proxy.live(true).length === 1)
+
+    // The subscriber's connection drops; the next one connects, is ready, and its SUBSCRIBE is never answered.
+    proxy.stallNewOnceSent = 'SUBSCRIBE'
+    proxy.live(true)[0]!.destroy()
+    await until('the new subscriber sent SUBSCRIBE and is stalled', () => proxy.live(true).some((connection) => connection.stalled))
+    await app.close()
+    // A rejection nobody handled surfaces on a later turn.
+    await sleep(200)
+    assert.deepEqual(rejections.map(String), [])
+  })
+})
+
 describe('requests never join a lookup that began before a revocation they came after', () => {
   const redis = usePrivateRedis()
 

@@ -189,7 +189,10 @@ export function ioredisAdapter (client: IoredisLike): RedisAdapter {
       // them: merged here, so that neither loses the user's password or TLS.
       const connection: IoredisLike = cluster
         ? client.duplicate([], { redisOptions: { ...client.options?.redisOptions, ...settings } })
-        : client.duplicate({ ...settings, retryStrategy: (times: number) => Math.min(times * 50, 500) })
+        // The bus subscribes again on every 'ready'. The library's own resubscription would send
+        // a second SUBSCRIBE whose promise nobody holds: closed before its reply, it would be an
+        // unhandled rejection in the user's process.
+        : client.duplicate({ ...settings, autoResubscribe: false, retryStrategy: (times: number) => Math.min(times * 50, 500) })
       const onLost = (): void => events.lost()
       const onReady = (): void => events.ready()
       // ioredis reconnects by itself; without an error listener an error would crash the process.

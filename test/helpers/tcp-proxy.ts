@@ -21,11 +21,13 @@ export class ProxiedConnection {
   #loseReplyTo: string | undefined
   #awaitingLostReply = false
 
-  constructor (client: Socket, server: Socket) {
+  /** `stallOnceSent`: once the client's bytes hold it (in any case), what Redis sends is held (see `stalled`). */
+  constructor (client: Socket, server: Socket, stallOnceSent?: string) {
     this.#client = client
     this.#server = server
     client.on('data', (data: Buffer) => {
       if (this.#sent.length < 1 << 16) this.#sent += data.toString('latin1')
+      if (stallOnceSent !== undefined && data.toString('latin1').toLowerCase().includes(stallOnceSent.toLowerCase())) this.stalled = true
       if (this.#loseReplyTo !== undefined && data.toString('latin1').includes(this.#loseReplyTo)) {
         this.#loseReplyTo = undefined
         this.#awaitingLostReply = true
@@ -98,6 +100,8 @@ export class TcpProxy {
   readonly connections: ProxiedConnection[] = []
   /** While true, new connections are accepted and closed at once (Redis unreachable). */
   refusing = false
+  /** Each new connection is stalled once its client sends bytes holding this, in any case (a command's name, say). */
+  stallNewOnceSent: string | undefined
   readonly #target: { host: string, port: number }
   readonly #server: Server
 
@@ -110,7 +114,7 @@ export class TcpProxy {
       }
       const server = createConnection(this.#target)
       // Bytes from the client wait in the socket until the upstream connection is open.
-      this.connections.push(new ProxiedConnection(client, server))
+      this.connections.push(new ProxiedConnection(client, server, this.stallNewOnceSent))
     })
   }
 
