@@ -1,8 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  CredentialsDeserializeError, CredentialsLockLostError, CredentialsLockTimeoutError, CredentialsSerializeError,
-  InvalidOptionError
+  CredentialsLockLostError, CredentialsLockTimeoutError, CredentialsSerializeError, InvalidOptionError
 } from '../errors'
 import type { CredentialByteStore } from './byte-store'
 import type { CredentialMemory } from './credential-memory'
@@ -10,7 +9,7 @@ import { getFresh, type GetFreshOptions } from './get-fresh'
 import type { KeyedMutex } from './keyed-mutex'
 import { UPDATE_LOCK_TTL_MS, UPDATE_WAIT_MS, wholeMs } from '../limits'
 import type { BackendName } from '../types'
-import type { CredentialSerializer, SerializerContext } from './serializer'
+import { unreadableCredential, type CredentialSerializer, type SerializerContext } from './serializer'
 
 export interface UpdateOptions {
   /** How long a holder keeps the key if it dies; its save is refused after that. Default 10000. */
@@ -99,11 +98,7 @@ class KeyedCredentialStore<T> implements CredentialStore<T> {
     try {
       return await this.#settings.serializer.deserialize(bytes, this.#ctx)
     } catch (cause) {
-      // encryptedSerializer already names the failure.
-      if (cause instanceof CredentialsDeserializeError) throw cause
-      const err = new CredentialsDeserializeError(this.#ctx.key)
-      err.cause = cause
-      throw err
+      throw unreadableCredential(this.#ctx.key, cause)
     }
   }
 

@@ -1,7 +1,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
-import { CredentialsDeserializeError, InvalidOptionError } from '../errors'
+import { InvalidOptionError } from '../errors'
 import { isThenable } from '../thenable'
-import { jsonSerializer, type CredentialSerializer, type SerializerContext } from './serializer'
+import { jsonSerializer, unreadableCredential, type CredentialSerializer, type SerializerContext } from './serializer'
 
 export interface EncryptionKeys {
   /** Key id to 32-byte key, as a Buffer or base64. Ids may be any 1 to 255 bytes of UTF-8. */
@@ -29,14 +29,6 @@ function additionalData (id: Buffer, ctx: SerializerContext): Buffer {
 }
 
 class EnvelopeError extends Error {}
-
-/** FST_CREDENTIALS_DESERIALIZE for the storage key, whichever step failed: the envelope, the cipher or the inner serializer. */
-function unreadable (ctx: SerializerContext, cause: unknown): Error {
-  if (cause instanceof CredentialsDeserializeError) return cause
-  const err = new CredentialsDeserializeError(ctx.key)
-  err.cause = cause
-  return err
-}
 
 /**
  * Wraps a serializer in AES-256-GCM with a fresh random IV per value. Each value names the id of
@@ -100,9 +92,9 @@ export function encryptedSerializer<T = unknown> (
       try {
         value = inner.deserialize(open(raw, ctx), ctx)
       } catch (cause) {
-        throw unreadable(ctx, cause)
+        throw unreadableCredential(ctx.key, cause)
       }
-      return isThenable(value) ? Promise.resolve(value).catch((cause: unknown) => { throw unreadable(ctx, cause) }) : value
+      return isThenable(value) ? Promise.resolve(value).catch((cause: unknown) => { throw unreadableCredential(ctx.key, cause) }) : value
     }
   }
 }

@@ -1,4 +1,4 @@
-import { CredentialsDeserializeError } from '../errors'
+import { unreadableCredential } from './serializer'
 import type { RedisAdapter } from '../redis/client'
 import type { RedisGuard } from '../redis/guard'
 import { ACQUIRE_LOCK, DELETE_RECORD, RELEASE_LOCK, SAVE_AND_ANNOUNCE, SAVE_AND_RELEASE, SAVE_RECEIPT_MS, slotSibling } from '../redis/scripts'
@@ -62,11 +62,7 @@ export class RedisCredentialByteStore implements CredentialByteStore {
     } catch (err) {
       // A list, hash or set under the credential's key is unreadable bytes like any other junk,
       // not a failing Redis; it is left as it is.
-      if ((err as Error).message?.startsWith('WRONGTYPE')) {
-        const unreadable = new CredentialsDeserializeError(key)
-        unreadable.cause = err
-        throw unreadable
-      }
+      if ((err as Error).message?.startsWith('WRONGTYPE')) throw unreadableCredential(key, err)
       throw err
     }
   }

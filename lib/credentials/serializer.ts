@@ -1,4 +1,5 @@
 import sjson from 'secure-json-parse'
+import { CredentialsDeserializeError } from '../errors'
 
 export interface SerializerContext {
   /** The full storage key, `${keyPrefix}${key}`. */
@@ -21,4 +22,16 @@ export const jsonSerializer: CredentialSerializer<any> = {
   deserialize (raw: Buffer): unknown {
     return sjson.parse(raw.toString('utf8'), undefined, { protoAction: 'error', constructorAction: 'error' })
   }
+}
+
+/**
+ * FST_CREDENTIALS_DESERIALIZE for the storage key `key`, with `cause` kept, whichever step could
+ * not read the bytes (Redis' type, the envelope, the cipher, a serializer); a `cause` that
+ * already is one is answered as it is.
+ */
+export function unreadableCredential (key: string, cause: unknown): Error {
+  if (cause instanceof CredentialsDeserializeError) return cause
+  const err = new CredentialsDeserializeError(key)
+  err.cause = cause
+  return err
 }
