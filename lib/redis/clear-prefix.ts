@@ -8,7 +8,7 @@ import { scanPrefix } from './scan-prefix'
  * stored, client prefix included). Returns how many keys were removed.
  */
 export async function clearPrefix (redis: RedisAdapter, prefix: string, bound: Bound,
-  keep: (storedKey: string) => boolean = () => false): Promise<number> {
+  keep: (storedKey: string) => boolean): Promise<number> {
   let removed = 0
   for await (const { node, storedKeys } of scanPrefix(redis, prefix, bound)) {
     const doomed = storedKeys.filter((key) => !keep(key))
